@@ -1,0 +1,159 @@
+"""The embedded store: Parquet tables on disk, networkx for path queries.
+
+Layout of a store directory::
+
+    STORE/
+      nodes/Product.parquet  nodes/Category.parquet ...
+      edges/IN_CATEGORY.parquet edges/PURCHASED.parquet ...
+
+Each upsert merges the new rows into the table (new rows win on equal keys)
+and rewrites it atomically (write to a temporary file, then rename), so a
+killed process leaves either the old or the new table, never half of one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import networkx as nx
+import pandas as pd
+
+from kg.schema import NODE_TYPES, REL_TYPES, node_type, rel_type
+from kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
+
+
+class EmbeddedStore(GraphStore):
+    """A knowledge graph persisted as Parquet tables under ``root``.
+
+    Args:
+        root: directory of the store; created when missing.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        (self.root / "nodes").mkdir(parents=True, exist_ok=True)
+        (self.root / "edges").mkdir(parents=True, exist_ok=True)
+        self._graph: nx.MultiDiGraph | None = None
+
+    # -- paths -----------------------------------------------------------------
+    def _node_path(self, label: str) -> Path:
+        return self.root / "nodes" / f"{node_type(label).label}.parquet"
+
+    def _edge_path(self, rel: str) -> Path:
+        return self.root / "edges" / f"{rel_type(rel).name}.parquet"
+
+    @staticmethod
+    def _write(frame: pd.DataFrame, path: Path) -> None:
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+        if not path.exists():
+            return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
+        return pd.read_parquet(path)
+
+    # -- contract ----------------------------------------------------------------
+    def upsert_nodes(self, label: str, frame: pd.DataFrame) -> int:
+        frame = validate_node_frame(label, frame)
+        key = node_type(label).key
+        path = self._node_path(label)
+        merged = _merge(self._read(path, [key]), frame, [key])
+        self._write(merged, path)
+        self._graph = None
+        return len(frame)
+
+    def upsert_edges(self, rel: str, frame: pd.DataFrame) -> int:
+        frame = validate_edge_frame(rel, frame)
+        ident = edge_identity(rel)
+        path = self._edge_path(rel)
+        merged = _merge(self._read(path, ident), frame, ident)
+        self._write(merged, path)
+        self._graph = None
+        return len(frame)
+
+    def nodes(self, label: str) -> pd.DataFrame:
+        return self._read(self._node_path(label), [node_type(label).key])
+
+    def edges(self, rel: str) -> pd.DataFrame:
+        return self._read(self._edge_path(rel), edge_identity(rel))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for label in NODE_TYPES:
+            path = self._node_path(label)
+            out[label] = _parquet_rows(path)
+        for rel in REL_TYPES:
+            out[rel] = _parquet_rows(self._edge_path(rel))
+        return out
+
+    # -- path queries --------------------------------------------------------------
+    def graph(self) -> nx.MultiDiGraph:
+        """The whole knowledge graph as a networkx multigraph (built once, then cached).
+
+        Nodes are ``(label, key)`` tuples; each edge carries ``type`` and its properties.
+        """
+        if self._graph is None:
+            g = nx.MultiDiGraph()
+            for label in NODE_TYPES:
+                nodes = self.nodes(label)
+                key = node_type(label).key
+                g.add_nodes_from((label, k) for k in nodes[key].astype(str))
+            for name, rt in REL_TYPES.items():
+                edges = self.edges(name)
+                g.add_edges_from(
+                    ((rt.source, s), (rt.target, t), {"type": name})
+                    for s, t in zip(edges["source"].astype(str), edges["target"].astype(str))
+                )
+            self._graph = g
+        return self._graph
+
+    def paths(
+        self,
+        source: tuple[str, str],
+        target: tuple[str, str],
+        max_hops: int = 4,
+        limit: int = 10,
+    ) -> list[list[tuple[tuple[str, str], str, tuple[str, str]]]]:
+        """Shortest undirected paths between two nodes, as lists of (node, type, node) hops.
+
+        Args:
+            source, target: ``(label, key)`` of the endpoints.
+            max_hops: longest path returned.
+            limit: at most this many paths (shortest first).
+        """
+        g = self.graph()
+        for node in (source, target):
+            if node not in g:
+                raise KeyError(f"node {node} is not in the graph")
+        undirected = g.to_undirected(as_view=True)
+        out = []
+        try:
+            for path in nx.shortest_simple_paths(nx.Graph(undirected), source, target):
+                if len(path) - 1 > max_hops or len(out) >= limit:
+                    break
+                hops = []
+                for a, b in zip(path, path[1:]):
+                    data = g.get_edge_data(a, b) or g.get_edge_data(b, a)
+                    hops.append((a, next(iter(data.values()))["type"], b))
+                out.append(hops)
+        except nx.NetworkXNoPath:
+            pass
+        return out
+
+
+def _merge(old: pd.DataFrame, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Union of two tables, rows of ``new`` replacing rows of ``old`` with the same key."""
+    if old.empty:
+        return new.drop_duplicates(key, keep="last").reset_index(drop=True)
+    combined = pd.concat([old, new], ignore_index=True)
+    return combined.drop_duplicates(key, keep="last").reset_index(drop=True)
+
+
+def _parquet_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
