@@ -1,0 +1,372 @@
+"""Recommenders behind one contract, so one trainer and one evaluator serve them all.
+
+The contract (:class:`Recommender`):
+
+* ``set_graph(graph)`` — the message-passing graph to use from now on (the
+  evaluator passes the graph visible before the split it scores);
+* ``loss(batch) -> Tensor`` — a scalar training loss for a :class:`~fusion.data.RecBatch`;
+* ``score_all(batch) -> [B, P]`` — scores of every product for each example;
+* ``score(batch, products [B, K]) -> [B, K]`` — scores of given products;
+* ``product_embeddings() -> [P, d]`` — the product vectors that ``score_all``
+  multiplies with (for models that are a dot product).
+
+Graph models hide each batch's supervision edges from message passing in
+:meth:`Recommender.loss`, so a target edge never tells the model its own answer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import HeteroData
+
+from encoders.graph import HeteroGraphEncoder, LightGCNEncoder
+from fusion.data import RecBatch
+
+INTERACTION_EDGE = ("user", "interacted", "product")
+REV_INTERACTION_EDGE = ("product", "rev_interacted", "user")
+
+
+class Recommender(nn.Module):
+    """Base class: the contract above plus graph bookkeeping."""
+
+    name = "recommender"
+
+    def __init__(self, num_users: int, num_products: int) -> None:
+        super().__init__()
+        self.num_users, self.num_products = num_users, num_products
+        self.edge_index_dict: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def set_graph(self, graph: HeteroData) -> None:
+        """Use the ``edge_index`` tensors of ``graph`` for message passing."""
+        self.edge_index_dict = {tuple(k): v.to(self.device) for k, v in graph.edge_index_dict.items()}
+
+    def config_dict(self) -> dict:
+        """The typed config that rebuilds this model (saved in artifacts)."""
+        return {}
+
+    def loss(self, batch: RecBatch) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} is not trained")
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, batch: RecBatch, products: torch.Tensor) -> torch.Tensor:
+        return self.score_all(batch).gather(1, products)
+
+    def product_embeddings(self) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no product embeddings")
+
+    def _edges_without(self, batch: RecBatch) -> dict[tuple[str, str, str], torch.Tensor]:
+        """The message-passing edges minus the batch's (user, target) supervision pairs."""
+        edges = dict(self.edge_index_dict)
+        inter = edges.get(INTERACTION_EDGE)
+        if inter is None or batch.targets.numel() == 0:
+            return edges
+        key = inter[0] * self.num_products + inter[1]
+        drop = batch.users * self.num_products + batch.targets
+        keep = ~torch.isin(key, drop)
+        edges[INTERACTION_EDGE] = inter[:, keep]
+        if REV_INTERACTION_EDGE in edges:
+            edges[REV_INTERACTION_EDGE] = inter[:, keep].flip(0)
+        return edges
+
+
+class Popularity(Recommender):
+    """Scores each product by its number of visible interactions."""
+
+    name = "popularity"
+
+    def __init__(self, num_users: int, num_products: int) -> None:
+        super().__init__(num_users, num_products)
+        self.register_buffer("counts", torch.zeros(num_products))
+
+    def set_graph(self, graph: HeteroData) -> None:
+        super().set_graph(graph)
+        inter = self.edge_index_dict[INTERACTION_EDGE]
+        self.counts = torch.bincount(inter[1], minlength=self.num_products).float().to(self.device)
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        return self.counts.unsqueeze(0).expand(len(batch), -1)
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Bayesian personalised ranking: ``-log sigmoid(pos - neg)``, averaged."""
+    return F.softplus(neg - pos).mean()
+
+
+class MatrixFactorization(Recommender):
+    """MF trained with BPR and one uniform negative per positive (Rendle et al., 2009).
+
+    Args:
+        dim: embedding size (default 64). weight_decay: L2 on the batch's embeddings (default 1e-4).
+    """
+
+    name = "mf-bpr"
+
+    def __init__(self, num_users: int, num_products: int, dim: int = 64, weight_decay: float = 1e-4) -> None:
+        super().__init__(num_users, num_products)
+        self.dim, self.weight_decay = dim, weight_decay
+        self.users = nn.Embedding(num_users, dim)
+        self.products = nn.Embedding(num_products, dim)
+        nn.init.normal_(self.users.weight, std=0.1)
+        nn.init.normal_(self.products.weight, std=0.1)
+
+    def config_dict(self) -> dict:
+        return {"dim": self.dim, "weight_decay": self.weight_decay}
+
+    def _towers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.users.weight, self.products.weight
+
+    def loss(self, batch: RecBatch) -> torch.Tensor:
+        users, products = self._towers()
+        neg = torch.randint(0, self.num_products, batch.targets.shape, device=batch.targets.device)
+        u, p, n = users[batch.users], products[batch.targets], products[neg]
+        reg = self.weight_decay * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / len(batch)
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + reg
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        users, products = self._towers()
+        return users[batch.users] @ products.T
+
+    def product_embeddings(self) -> torch.Tensor:
+        return self._towers()[1]
+
+
+class LightGCNRecommender(MatrixFactorization):
+    """LightGCN over the visible user–product interactions, trained with BPR."""
+
+    name = "lightgcn"
+
+    def __init__(self, num_users: int, num_products: int, dim: int = 64, num_layers: int = 3, weight_decay: float = 1e-4) -> None:
+        super().__init__(num_users, num_products, dim, weight_decay)
+        del self.users, self.products
+        self.num_layers = num_layers
+        self.encoder = LightGCNEncoder(num_users, num_products, dim, num_layers)
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def config_dict(self) -> dict:
+        return {"dim": self.dim, "num_layers": self.num_layers, "weight_decay": self.weight_decay}
+
+    def set_graph(self, graph: HeteroData) -> None:
+        super().set_graph(graph)
+        self._cache = None
+
+    def train(self, mode: bool = True) -> "LightGCNRecommender":
+        self._cache = None
+        return super().train(mode)
+
+    def _towers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            return self.encoder(self.edge_index_dict[INTERACTION_EDGE])
+        if self._cache is None:
+            with torch.no_grad():
+                self._cache = self.encoder(self.edge_index_dict[INTERACTION_EDGE])
+        return self._cache
+
+
+class TextZeroShot(Recommender):
+    """Untrained text baseline: a user is the recency-weighted mean of the text
+    vectors of their history (weight ``decay**age``); cosine scores.
+
+    Args:
+        text_features: ``[P, d]`` product text vectors.
+        decay: weight ratio between consecutive history items (default 0.7).
+    """
+
+    name = "text-zero-shot"
+
+    def __init__(self, num_users: int, text_features: torch.Tensor, decay: float = 0.7) -> None:
+        super().__init__(num_users, text_features.shape[0])
+        self.decay = decay
+        self.register_buffer("text", F.normalize(text_features.float(), dim=-1))
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        length = batch.history.shape[1]
+        age = torch.arange(length - 1, -1, -1, device=batch.history.device, dtype=torch.float32)
+        weights = (self.decay**age).unsqueeze(0) * (batch.history >= 0).float()
+        vectors = self.text[batch.history.clamp(min=0)]
+        user = (weights.unsqueeze(-1) * vectors).sum(1)
+        return F.normalize(user, dim=-1) @ self.text.T
+
+    def product_embeddings(self) -> torch.Tensor:
+        return self.text
+
+
+@dataclass
+class FusedConfig:
+    """Configuration of :class:`FusedRecommender`.
+
+    Attributes:
+        graph_dim: size of the knowledge-graph encoder (default 64); the joint space
+            has the text size when text is used, else this size.
+        use_text: include the text tower (default True).
+        use_graph: include the graph tower and the user's graph vector (default True).
+        gnn_layers: message-passing layers of the knowledge-graph encoder (default 2).
+        max_history: history length the user tower reads (default 50).
+        recency_decay: initial weight ratio between consecutive history items (default 0.7).
+        dropout: dropout in the graph encoder (default 0.1).
+        temperature: softmax temperature on cosine scores (default 0.05).
+        user_graph: add the user's own GNN vector to the user tower (default False: in
+            training that vector has seen the user's later purchases, at test time it has
+            not, and the model learns to lean on it and overfits).
+    """
+
+    graph_dim: int = 64
+    use_text: bool = True
+    use_graph: bool = True
+    gnn_layers: int = 2
+    max_history: int = 50
+    recency_decay: float = 0.7
+    dropout: float = 0.1
+    temperature: float = 0.05
+    user_graph: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.use_text or self.use_graph):
+            raise ValueError("FusedConfig needs use_text or use_graph")
+        if not 0 < self.recency_decay <= 1:
+            raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")
+
+
+class FusedRecommender(Recommender):
+    """The joint text + knowledge-graph scorer.
+
+    Product tower: ``p = g * T(text) + (1 - g) * G(graph)`` with a learned,
+    per-dimension gate ``g = sigmoid(W [T(text); G(graph)] + b)``; ``T`` is the
+    frozen text vector plus a trained residual adapter, ``G`` a projection of the
+    heterogeneous GNN's product vector.
+
+    User tower: a learned recency-weighted mean of the fused vectors of the
+    user's history, plus a residual feed-forward layer, plus a projection of the
+    user's own vector from the GNN.
+
+    Initialisation keeps the text signal: adapters and graph projections into the
+    user start at zero and the gate leans towards text, so an untrained model
+    ranks like :class:`TextZeroShot`; training moves it from there. Scores are
+    cosine similarities divided by ``temperature``; the loss is the softmax
+    cross-entropy over all products.
+
+    Args:
+        num_users, num_products: sizes.
+        config: :class:`FusedConfig`.
+        text_features: ``[P, d_text]`` product text vectors (frozen), required when ``use_text``.
+        num_nodes, edge_types: knowledge-graph node counts and edge types, required when ``use_graph``.
+    """
+
+    name = "fused"
+
+    def __init__(
+        self,
+        num_users: int,
+        num_products: int,
+        config: FusedConfig,
+        text_features: torch.Tensor | None = None,
+        num_nodes: dict[str, int] | None = None,
+        edge_types: list[tuple[str, str, str]] | None = None,
+    ) -> None:
+        super().__init__(num_users, num_products)
+        self.config = config
+        if config.use_text:
+            if text_features is None:
+                raise ValueError("use_text needs text_features")
+            self.register_buffer("text", F.normalize(text_features.float(), dim=-1))
+            d = text_features.shape[1]
+            self.text_adapter = _zero_linear(d, d)
+        else:
+            d = config.graph_dim
+        self.dim = d
+        if config.use_graph:
+            if num_nodes is None or edge_types is None:
+                raise ValueError("use_graph needs num_nodes and edge_types")
+            self.graph = HeteroGraphEncoder(num_nodes, edge_types, config.graph_dim, config.gnn_layers, dropout=config.dropout)
+            self.graph_proj = nn.Linear(config.graph_dim, d)
+            self.user_graph_proj = _zero_linear(config.graph_dim, d)
+        if config.use_text and config.use_graph:
+            self.gate = nn.Linear(2 * d, d)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, 3.0)
+        age = torch.arange(config.max_history - 1, -1, -1, dtype=torch.float32)
+        self.recency = nn.Parameter(age * math.log(config.recency_decay))
+        self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
+        self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def set_graph(self, graph: HeteroData) -> None:
+        super().set_graph(graph)
+        self._cache = None
+
+    def train(self, mode: bool = True) -> "FusedRecommender":
+        self._cache = None
+        return super().train(mode)
+
+    def _encode(self, edges: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(products ``[P, d]``, user graph vectors ``[U, d]`` or None)."""
+        text = self.text + self.text_adapter(self.text) if self.config.use_text else None
+        if not self.config.use_graph:
+            return text, None
+        nodes = self.graph(edges)
+        graph_p = self.graph_proj(nodes["product"])
+        users = self.user_graph_proj(nodes["user"])
+        if text is None:
+            return graph_p, users
+        g = torch.sigmoid(self.gate(torch.cat([text, graph_p], dim=-1)))
+        return g * text + (1 - g) * graph_p, users
+
+    def _towers(self, batch: RecBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.training:
+            return self._encode(self._edges_without(batch) if batch is not None else self.edge_index_dict)
+        if self._cache is None:
+            with torch.no_grad():
+                self._cache = self._encode(self.edge_index_dict)
+        return self._cache
+
+    def _users(self, batch: RecBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        history = batch.history[:, -self.config.max_history :]
+        mask = history >= 0
+        logits = self.recency[-history.shape[1] :].unsqueeze(0).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # empty history -> zero weights
+        user = torch.einsum("bl,bld->bd", weights, F.normalize(products, dim=-1)[history.clamp(min=0)])
+        user = user + self.user_ffn(user)
+        if user_nodes is not None and self.config.user_graph:
+            user = user + user_nodes[batch.users]
+        return user
+
+    def _logits(self, batch: RecBatch) -> torch.Tensor:
+        products, user_nodes = self._towers(batch)
+        users = self._users(batch, products, user_nodes)
+        return F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+
+    def loss(self, batch: RecBatch) -> torch.Tensor:
+        return F.cross_entropy(self._logits(batch), batch.targets)
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        return self._logits(batch)
+
+    def product_embeddings(self) -> torch.Tensor:
+        return F.normalize(self._towers(None)[0], dim=-1)
+
+
+def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A linear layer that starts as the zero map (a residual branch that starts off)."""
+    layer = nn.Linear(d_in, d_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
