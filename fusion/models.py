@@ -86,6 +86,51 @@ class Recommender(nn.Module):
             edges[REV_INTERACTION_EDGE] = inter[:, keep].flip(0)
         return edges
 
+    # -- serving (fusion.artifact, fusion.api): score with no graph and no store -------------
+    #: keys of a serving state that hold one row per product (``add_products`` extends them)
+    SERVING_PRODUCT_PREFIX = "product"
+
+    @torch.no_grad()
+    def serving_state(self) -> dict[str, torch.Tensor]:
+        """Tensors that score every user under the current graph, with no graph at hand.
+
+        ``state["products"]`` is ``[P, d]`` and for every batch
+        ``score_all(batch) == serving_users(state, batch) @ state["products"].T``.
+        Keys starting with ``"product"`` hold one row per product. Call in eval mode.
+        """
+        return {"products": self.product_embeddings().detach().float().cpu().clone()}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        """``[B, d]`` user vectors from a serving state; ``batch.users == -1`` marks a user the
+        model has never seen (scored from ``batch.history`` alone)."""
+        raise NotImplementedError(f"{self.name} cannot score from a serving state")
+
+    @torch.no_grad()
+    def serving_add_products(
+        self, state: dict[str, torch.Tensor], text: torch.Tensor | None, neighbours: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The state with N new products appended, without retraining.
+
+        Args:
+            text: ``[N, d_text]`` text-encoder vectors of the new products (None when the
+                model reads no text).
+            neighbours: ``[N, P]`` row-stochastic weights over the existing products (the
+                products that share the new product's category / brand).
+
+        Default: each per-product tensor of the new product is the weighted mean of its
+        neighbours' rows.
+        """
+        out = dict(state)
+        for key, value in state.items():
+            if key.startswith(self.SERVING_PRODUCT_PREFIX):
+                out[key] = torch.cat([value, neighbours.to(value) @ value.flatten(1)]).reshape(-1, *value.shape[1:])
+        return out
+
+    def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` unit query vectors in the space of ``state["products"]`` from ``[B, d_text]``
+        text-encoder vectors (search). Models without a text tower raise NotImplementedError."""
+        raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
+
 
 class Popularity(Recommender):
     """Scores each product by its number of visible interactions."""
@@ -103,6 +148,19 @@ class Popularity(Recommender):
 
     def score_all(self, batch: RecBatch) -> torch.Tensor:
         return self.counts.unsqueeze(0).expand(len(batch), -1)
+
+    @torch.no_grad()
+    def serving_state(self) -> dict[str, torch.Tensor]:
+        return {"products": self.counts.detach().float().cpu().unsqueeze(1).clone()}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        return state["products"].new_ones(len(batch), 1)
+
+    @torch.no_grad()
+    def serving_add_products(self, state, text, neighbours):
+        """A new product has no interactions: popularity 0."""
+        products = state["products"]
+        return {**state, "products": torch.cat([products, products.new_zeros(neighbours.shape[0], 1)])}
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -146,6 +204,20 @@ class MatrixFactorization(Recommender):
 
     def product_embeddings(self) -> torch.Tensor:
         return self._towers()[1]
+
+    @torch.no_grad()
+    def serving_state(self) -> dict[str, torch.Tensor]:
+        users, products = self._towers()
+        return {"products": products.detach().float().cpu().clone(), "users": users.detach().float().cpu().clone()}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        """A known user's own vector; an unknown user is folded in as the mean vector of
+        the products in ``batch.history`` (known users ignore the history)."""
+        known = (batch.users >= 0).unsqueeze(-1)
+        own = state["users"][batch.users.clamp(min=0)]
+        mask = (batch.history >= 0).to(own.dtype).unsqueeze(-1)
+        folded = (mask * state["products"][batch.history.clamp(min=0)]).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.where(known, own, folded)
 
 
 class LightGCNRecommender(MatrixFactorization):
@@ -207,6 +279,27 @@ class TextZeroShot(Recommender):
     def product_embeddings(self) -> torch.Tensor:
         return self.text
 
+    def config_dict(self) -> dict:
+        return {"decay": self.decay}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        text = state["products"]
+        length = batch.history.shape[1]
+        age = torch.arange(length - 1, -1, -1, device=batch.history.device, dtype=torch.float32)
+        weights = (self.decay**age).unsqueeze(0) * (batch.history >= 0).float()
+        user = (weights.unsqueeze(-1) * text[batch.history.clamp(min=0)]).sum(1)
+        return F.normalize(user, dim=-1)
+
+    @torch.no_grad()
+    def serving_add_products(self, state, text, neighbours):
+        if text is None:
+            raise ValueError(f"{self.name} needs the new products' text vectors")
+        new = F.normalize(text.float(), dim=-1).to(state["products"])
+        return {**state, "products": torch.cat([state["products"], new])}
+
+    def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(text.float(), dim=-1)
+
 
 @dataclass
 class FusedConfig:
@@ -225,6 +318,7 @@ class FusedConfig:
         user_graph: add the user's own GNN vector to the user tower (default False: in
             training that vector has seen the user's later purchases, at test time it has
             not, and the model learns to lean on it and overfits).
+        gate_bias: initial bias of the text/graph gate (default 3.0: about 95% text at the start).
     """
 
     graph_dim: int = 64
@@ -236,6 +330,7 @@ class FusedConfig:
     dropout: float = 0.1
     temperature: float = 0.05
     user_graph: bool = False
+    gate_bias: float = 3.0
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_graph):
@@ -300,7 +395,10 @@ class FusedRecommender(Recommender):
         if config.use_text and config.use_graph:
             self.gate = nn.Linear(2 * d, d)
             nn.init.zeros_(self.gate.weight)
-            nn.init.constant_(self.gate.bias, 3.0)
+            nn.init.constant_(self.gate.bias, config.gate_bias)
+            # the graph branch starts at zero, so the untrained fused model ranks like text alone
+            nn.init.zeros_(self.graph_proj.weight)
+            nn.init.zeros_(self.graph_proj.bias)
         age = torch.arange(config.max_history - 1, -1, -1, dtype=torch.float32)
         self.recency = nn.Parameter(age * math.log(config.recency_decay))
         self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
@@ -362,6 +460,67 @@ class FusedRecommender(Recommender):
 
     def product_embeddings(self) -> torch.Tensor:
         return F.normalize(self._towers(None)[0], dim=-1)
+
+    @torch.no_grad()
+    def serving_state(self) -> dict[str, torch.Tensor]:
+        """``products`` (unit fused vectors), ``product_text`` (``T``), ``product_graph`` (``G``)
+        and, with ``user_graph``, the users' projected GNN vectors, under the current graph."""
+        products, user_nodes = self._encode(self.edge_index_dict)
+        state = {"products": F.normalize(products, dim=-1)}
+        if self.config.use_text:
+            state["product_text"] = self.text + self.text_adapter(self.text)
+        if self.config.use_graph:
+            state["product_graph"] = self.graph_proj(self.graph(self.edge_index_dict)["product"])
+        if self.config.use_graph and self.config.user_graph:
+            state["user_graph"] = user_nodes
+        return {k: v.detach().float().cpu().clone() for k, v in state.items()}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        """``normalize(user) / temperature``; unknown users (-1) get no GNN user vector."""
+        users = batch.users
+        user_nodes = state.get("user_graph") if self.config.user_graph else None
+        if user_nodes is not None:  # the batch's rows; an unknown user (-1) gets zeros
+            known = (users >= 0).unsqueeze(-1)
+            user_nodes = torch.where(known, user_nodes[users.clamp(min=0)], 0.0)
+            users = torch.arange(len(batch), device=users.device)
+        # read only the history's rows (the user tower normalises the matrix it is given)
+        rows, compact = torch.unique(batch.history.clamp(min=0), return_inverse=True)
+        history = torch.where(batch.history >= 0, compact, batch.history)
+        user = self._users(RecBatch(users, history, batch.targets), state["products"][rows], user_nodes)
+        return F.normalize(user, dim=-1) / self.config.temperature
+
+    @torch.no_grad()
+    def serving_add_products(self, state, text, neighbours):
+        """``T`` from the new text through the trained adapter; ``G`` = neighbours' mean of
+        ``G`` (the GNN never saw the product); fused with the trained gate."""
+        device = state["products"].device
+        parts = {}
+        if self.config.use_text:
+            if text is None:
+                raise ValueError(f"{self.name} needs the new products' text vectors")
+            t = F.normalize(text.float(), dim=-1).to(device)
+            parts["product_text"] = t + self.text_adapter(t)
+        if self.config.use_graph:
+            parts["product_graph"] = neighbours.to(device).float() @ state["product_graph"]
+        if self.config.use_text and self.config.use_graph:
+            t, g = parts["product_text"], parts["product_graph"]
+            gate = torch.sigmoid(self.gate(torch.cat([t, g], dim=-1)))
+            fused = gate * t + (1 - gate) * g
+        else:
+            fused = next(iter(parts.values()))
+        parts["products"] = F.normalize(fused, dim=-1)
+        out = dict(state)
+        for key, value in parts.items():
+            out[key] = torch.cat([state[key], value])
+        return out
+
+    def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """The text tower applied to a query: ``T(q) = q + adapter(q)`` with ``q`` the unit
+        text vector, then unit length (cosine against the fused product vectors)."""
+        if not self.config.use_text:
+            raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
+        q = F.normalize(text.float(), dim=-1).to(state["products"].device)
+        return F.normalize(q + self.text_adapter(q), dim=-1)
 
 
 def _zero_linear(d_in: int, d_out: int) -> nn.Linear:

@@ -118,5 +118,9 @@ def demo(
     console.print(f"results: {out / 'results.json'}, {out / 'results.md'}; total {time.perf_counter() - start:.0f} s")
 
 
+from kgrec.cli_serving import register as register_serving  # noqa: E402
+
+register_serving(app)
+
 if __name__ == "__main__":  # pragma: no cover
     app()

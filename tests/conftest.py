@@ -33,7 +33,7 @@ def build_tiny_bert(directory, seed: int = 0) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     tokens = list(TINY_SPECIALS) + list(string.ascii_lowercase) + list(string.digits)
     tokens += [t for t in TINY_WORDS if t not in tokens] + list(TINY_SUBWORDS)
-    tokens += [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    tokens += [f"##{c}" for c in string.ascii_lowercase + string.digits if f"##{c}" not in tokens]
     vocab = {tok: i for i, tok in enumerate(tokens)}
 
     # transformers 5: BertTokenizer is tokenizers-backed and takes the vocab dict directly.

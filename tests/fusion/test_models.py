@@ -45,10 +45,15 @@ def test_training_lowers_the_loss(tiny_snapshot, text_features):
     assert len(history.valid_ndcg) == 15 and 0 <= history.best_epoch < 15
 
 
-def test_untrained_text_tower_ranks_like_zero_shot(tiny_snapshot, text_features):
-    """Adapters start at zero, so the untrained text model is the zero-shot baseline."""
-    cfg = FusedConfig(use_graph=False, max_history=5, recency_decay=0.6)
-    fused = FusedRecommender(tiny_snapshot.num_users, tiny_snapshot.num_products, cfg, text_features=text_features).eval()
+@pytest.mark.parametrize("use_graph, gate_bias", [(False, 3.0), (True, 3.0), (True, 0.0)])
+def test_untrained_model_ranks_like_zero_shot(tiny_snapshot, text_features, use_graph, gate_bias):
+    """Adapters and the graph branch start at zero, so the untrained model is the zero-shot baseline."""
+    cfg = FusedConfig(use_graph=use_graph, max_history=5, recency_decay=0.6, graph_dim=8, gate_bias=gate_bias)
+    fused = FusedRecommender(
+        tiny_snapshot.num_users, tiny_snapshot.num_products, cfg, text_features=text_features,
+        num_nodes=tiny_snapshot.num_nodes, edge_types=list(tiny_snapshot.message_passing("test").edge_types),
+    ).eval()
+    fused.set_graph(tiny_snapshot.message_passing("test"))
     zero = TextZeroShot(tiny_snapshot.num_users, text_features, decay=0.6)
     batch, _ = evaluation_examples(tiny_snapshot, "test", max_history=5)
     assert torch.allclose(fused.score_all(batch) * cfg.temperature, zero.score_all(batch), atol=1e-5)
