@@ -5,92 +5,97 @@ Products become ``Product`` nodes; every prefix of a category path becomes a
 ``SUBCATEGORY_OF``; a product is ``IN_CATEGORY`` of its deepest level and
 ``MADE_BY`` its brand; interactions become ``User -[EVENT]-> Product`` edges with
 their ``order``.
+
+:func:`load_tables` runs in-memory :class:`~ingest.tables.CatalogTables`
+through the same pipeline as files (:mod:`ingest.pipeline`): validation, the
+duplicate and dangling-reference rules, idempotent upserts, a report.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
+from ingest.pipeline import IngestConfig, IngestReport, Ingestor
+from ingest.sources import tables_sources
 from ingest.tables import CatalogTables
-from kg.schema import CATEGORY_SEPARATOR, EVENT_TYPES
 from kg.store import GraphStore
 
 
 @dataclass
 class IngestSummary:
-    """Rows read and written per node label / relationship type."""
+    """Rows read and written per node label / relationship type (``report``: the full run report)."""
 
     written: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
     seconds: float = 0.0
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    report: IngestReport | None = None
+
+
+def load_tables(tables: CatalogTables, store: GraphStore, progress: bool = True,
+                config: IngestConfig | None = None) -> IngestSummary:
+    """Upsert all nodes, then all edges, of ``tables`` into ``store``.
+
+    Rows that fail validation are not loaded; they are counted in
+    ``rows_rejected`` and listed in ``report.rejects``.
+    """
+    callback = _tqdm_progress() if progress else None
+    report = Ingestor(store, config or IngestConfig(), callback).run(tables_sources(tables))
+    if callback is not None:
+        callback.close()  # type: ignore[attr-defined]
+    return IngestSummary(written=report.written, rows_read=report.read, seconds=report.seconds,
+                         rows_loaded=report.loaded, rows_rejected=report.rejected, report=report)
+
+
+def _tqdm_progress() -> Any:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="ingest", unit="row")
+    base = [0]
+
+    def callback(event: str, fr: Any, position: int, total: int | None) -> None:
+        if event == "start":
+            base[0] = bar.n
+            bar.set_postfix_str(fr.kind)
+        elif event == "chunk":
+            bar.update(base[0] + fr.read - bar.n)
+
+    callback.close = bar.close  # type: ignore[attr-defined]
+    return callback
+
+
+class CollectingStore:
+    """A write-only stand-in store that keeps every upserted frame (for :func:`graph_frames`)."""
+
+    def __init__(self) -> None:
+        self.nodes_written: dict[str, list[pd.DataFrame]] = {}
+        self.edges_written: dict[str, list[pd.DataFrame]] = {}
+
+    def upsert_nodes(self, label: str, frame: pd.DataFrame) -> int:
+        self.nodes_written.setdefault(label, []).append(frame)
+        return len(frame)
+
+    def upsert_edges(self, rel: str, frame: pd.DataFrame) -> int:
+        self.edges_written.setdefault(rel, []).append(frame)
+        return len(frame)
+
+    def nodes(self, label: str) -> pd.DataFrame:
+        return pd.DataFrame()
+
+    def edges(self, rel: str) -> pd.DataFrame:  # pragma: no cover - not read by the pipeline
+        return pd.DataFrame()
+
+    def counts(self) -> dict[str, int]:
+        return {}
 
 
 def graph_frames(tables: CatalogTables) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Node and edge frames (keyed by label / relationship type) for the tables."""
-    products = tables.products
-    nodes: dict[str, pd.DataFrame] = {
-        "Product": products[["product_id", "title"]].assign(
-            brand=products["brand"],
-            category_path=[CATEGORY_SEPARATOR.join(p) for p in products["category_path"]],
-        ),
-        "User": tables.users[["user_id"]].copy(),
-    }
-
-    categories: dict[str, tuple[str, int, str | None]] = {}
-    in_category = []
-    for pid, levels in zip(products["product_id"], products["category_path"]):
-        levels = list(levels)
-        parent = None
-        for depth in range(len(levels)):
-            cid = CATEGORY_SEPARATOR.join(levels[: depth + 1])
-            categories.setdefault(cid, (levels[depth], depth, parent))
-            parent = cid
-        if parent is not None:
-            in_category.append((pid, parent))
-    nodes["Category"] = pd.DataFrame(
-        [(cid, name, depth) for cid, (name, depth, _) in categories.items()],
-        columns=["category_id", "name", "level"],
-    )
-    subcategory = pd.DataFrame(
-        [(cid, parent) for cid, (_, _, parent) in categories.items() if parent is not None],
-        columns=["source", "target"],
-    )
-
-    branded = products[products["brand"].str.strip() != ""]
-    nodes["Brand"] = pd.DataFrame({"brand_id": branded["brand"].drop_duplicates().to_numpy()}).assign(
-        name=lambda f: f["brand_id"]
-    )
-    edges: dict[str, pd.DataFrame] = {
-        "SUBCATEGORY_OF": subcategory,
-        "IN_CATEGORY": pd.DataFrame(in_category, columns=["source", "target"]),
-        "MADE_BY": pd.DataFrame({"source": branded["product_id"].to_numpy(), "target": branded["brand"].to_numpy()}),
-    }
-    inter = tables.interactions
-    for event, rel in EVENT_TYPES.items():
-        part = inter[inter["event"] == event]
-        if len(part):
-            edges[rel] = pd.DataFrame(
-                {"source": part["user_id"].to_numpy(), "target": part["product_id"].to_numpy(), "order": part["order"].to_numpy()}
-            )
+    """Node and edge frames (keyed by label / relationship type) that :func:`load_tables` writes."""
+    store = CollectingStore()
+    Ingestor(store, IngestConfig()).run(tables_sources(tables))  # type: ignore[arg-type]
+    nodes = {k: pd.concat(v, ignore_index=True) for k, v in store.nodes_written.items()}
+    edges = {k: pd.concat(v, ignore_index=True) for k, v in store.edges_written.items()}
     return nodes, edges
-
-
-def load_tables(tables: CatalogTables, store: GraphStore, progress: bool = True) -> IngestSummary:
-    """Upsert all nodes, then all edges, of ``tables`` into ``store``."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    nodes, edges = graph_frames(tables)
-    summary = IngestSummary(rows_read=len(tables.products) + len(tables.users) + len(tables.interactions))
-    steps = [("node", k, v) for k, v in nodes.items()] + [("edge", k, v) for k, v in edges.items()]
-    with tqdm(total=sum(len(v) for _, _, v in steps), desc="ingest", unit="row", disable=not progress) as bar:
-        for kind, name, frame in steps:
-            bar.set_postfix_str(name)
-            written = store.upsert_nodes(name, frame) if kind == "node" else store.upsert_edges(name, frame)
-            summary.written[name] = written
-            bar.update(len(frame))
-    summary.seconds = time.perf_counter() - start
-    return summary

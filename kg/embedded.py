@@ -6,9 +6,17 @@ Layout of a store directory::
       nodes/Product.parquet  nodes/Category.parquet ...
       edges/IN_CATEGORY.parquet edges/PURCHASED.parquet ...
 
-Each upsert merges the new rows into the table (new rows win on equal keys)
-and rewrites it atomically (write to a temporary file, then rename), so a
-killed process leaves either the old or the new table, never half of one.
+Each upsert merges the new rows into the table and rewrites it atomically
+(write to a temporary file, then rename), so a killed process leaves either
+the old or the new table, never half of one. On equal keys the new row wins
+for the columns the new frame has; columns the new frame lacks keep their old
+values, as Neo4j's ``SET n += row.props`` does (a null in a column the frame
+has clears that property in both stores).
+
+Data-defined relationship types (:func:`kg.schema.register_relation`) are
+stored like the static ones (``edges/<TYPE>.parquet``); the store registers the
+types listed in its ``KgRelation`` nodes when it opens, and counts and
+:meth:`EmbeddedStore.graph` include them.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from pathlib import Path
 import networkx as nx
 import pandas as pd
 
-from kg.schema import NODE_TYPES, REL_TYPES, node_type, rel_type
+from kg.schema import NODE_TYPES, REL_TYPES, node_type, register_relations, rel_type
 from kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
 
 
@@ -34,6 +42,7 @@ class EmbeddedStore(GraphStore):
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
         (self.root / "edges").mkdir(parents=True, exist_ok=True)
         self._graph: nx.MultiDiGraph | None = None
+        self.kg_relations()
 
     # -- paths -----------------------------------------------------------------
     def _node_path(self, label: str) -> Path:
@@ -86,7 +95,30 @@ class EmbeddedStore(GraphStore):
             out[label] = _parquet_rows(path)
         for rel in REL_TYPES:
             out[rel] = _parquet_rows(self._edge_path(rel))
+        for rel in self.kg_relations():
+            out[rel] = _parquet_rows(self._edge_path(rel))
         return out
+
+    # -- beyond the contract -------------------------------------------------------
+    def kg_relations(self) -> list[str]:
+        """Data-defined relationship types of this store (its ``KgRelation`` nodes), registered.
+
+        Raises SchemaError if the table names a type that is not a safe UPPER_SNAKE name.
+        """
+        path = self._node_path("KgRelation")
+        if not path.exists():
+            return []
+        key = node_type("KgRelation").key
+        names = pd.read_parquet(path, columns=[key])[key].astype(str)
+        return sorted(register_relations(names))
+
+    def node_keys(self, label: str) -> pd.Series:
+        """The key column of ``label`` only (cheaper than :meth:`nodes` for large tables)."""
+        key = node_type(label).key
+        path = self._node_path(label)
+        if not path.exists():
+            return pd.Series([], dtype=object, name=key)
+        return pd.read_parquet(path, columns=[key])[key].astype(str)
 
     # -- path queries --------------------------------------------------------------
     def graph(self) -> nx.MultiDiGraph:
@@ -100,7 +132,8 @@ class EmbeddedStore(GraphStore):
                 nodes = self.nodes(label)
                 key = node_type(label).key
                 g.add_nodes_from((label, k) for k in nodes[key].astype(str))
-            for name, rt in REL_TYPES.items():
+            rels = {**REL_TYPES, **{name: rel_type(name) for name in self.kg_relations()}}
+            for name, rt in rels.items():
                 edges = self.edges(name)
                 g.add_edges_from(
                     ((rt.source, s), (rt.target, t), {"type": name})
@@ -144,9 +177,17 @@ class EmbeddedStore(GraphStore):
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    """Union of two tables, rows of ``new`` replacing rows of ``old`` with the same key."""
+    """Union of two tables, rows of ``new`` replacing rows of ``old`` with the same key.
+
+    A replaced row keeps its old values in the columns ``new`` does not have.
+    """
     if old.empty:
         return new.drop_duplicates(key, keep="last").reset_index(drop=True)
+    kept = [c for c in old.columns if c not in new.columns]
+    if kept and len(new):
+        new = new.drop_duplicates(key, keep="last")
+        carry = old[key + kept].drop_duplicates(key, keep="last")
+        new = new.merge(carry, on=key, how="left", sort=False)
     combined = pd.concat([old, new], ignore_index=True)
     return combined.drop_duplicates(key, keep="last").reset_index(drop=True)
 

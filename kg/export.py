@@ -14,6 +14,15 @@ The snapshot keeps message passing apart from supervision:
 The split is leave-one-out by each user's ``order``: the last interaction is
 ``test``, the second-to-last ``valid``, the rest ``train``; users with fewer than
 three interactions keep all of them in ``train``.
+
+Free knowledge-graph triples (ingest: triples files, RecBole ``.kg`` + ``.link``)
+join the structure when the store has ``Entity`` nodes: node type ``entity``,
+one edge type ``('entity', '<relation>', 'entity')`` per data-defined relation
+(:func:`kg.schema.register_relation`; the store's ``KgRelation`` nodes list
+them) and ``('entity', 'describes', 'product')`` from entity-product links, each
+with its ``rev_*`` in :meth:`GraphSnapshot.message_passing`. A store without
+entities exports exactly as before. Search judgements (``Query -[JUDGED]->
+Product``) are supervision for search, not structure: see :func:`export_judgements`.
 """
 from __future__ import annotations
 
@@ -147,8 +156,8 @@ def export_snapshot(store: GraphStore) -> GraphSnapshot:
 
     structure: dict[tuple[str, str, str], torch.Tensor] = {}
     for name, rt in REL_TYPES.items():
-        if rt.interaction:
-            continue
+        if rt.interaction or rt.source not in NODE_TYPE_NAMES or rt.target not in NODE_TYPE_NAMES:
+            continue  # Entity / Query edges: see _add_knowledge_graph, export_judgements
         edges = store.edges(name)
         src_t, dst_t = NODE_TYPE_NAMES[rt.source], NODE_TYPE_NAMES[rt.target]
         src = edges["source"].astype(str).map(index[src_t])
@@ -159,6 +168,8 @@ def export_snapshot(store: GraphStore) -> GraphSnapshot:
         structure[(src_t, name.lower(), dst_t)] = torch.as_tensor(
             np.stack([src.to_numpy(dtype=np.int64), dst.to_numpy(dtype=np.int64)]), dtype=torch.long
         )
+
+    _add_knowledge_graph(store, id_maps, index, structure)
 
     parts = []
     for name in interaction_types():
@@ -184,3 +195,72 @@ def export_snapshot(store: GraphStore) -> GraphSnapshot:
     inter = inter.sort_values(["user", "order"], kind="stable").reset_index(drop=True)
     inter["split"] = leave_one_out(inter)
     return GraphSnapshot(id_maps=id_maps, product_text=text, structure=structure, interactions=inter)
+
+
+#: Node label of free knowledge-graph entities -> node type in HeteroData.
+ENTITY_TYPE_NAME = "entity"
+
+
+def store_kg_relations(store: GraphStore) -> list[str]:
+    """The data-defined relationship types a store lists in its ``KgRelation`` nodes, registered."""
+    from kg.schema import register_relations
+
+    frame = store.nodes("KgRelation")
+    key = node_type("KgRelation").key
+    if len(frame) == 0 or key not in frame.columns:
+        return []
+    return sorted(register_relations(frame[key].astype(str)))
+
+
+def _edge_tensor(store: GraphStore, name: str, src_index: dict[str, int], dst_index: dict[str, int]) -> torch.Tensor:
+    edges = store.edges(name)
+    src = edges["source"].astype(str).map(src_index)
+    dst = edges["target"].astype(str).map(dst_index)
+    if src.isna().any() or dst.isna().any():
+        bad = edges[src.isna() | dst.isna()].iloc[0]
+        raise ValueError(f"{name} edge {bad['source']!r} -> {bad['target']!r} names a node that does not exist")
+    return torch.as_tensor(
+        np.stack([src.to_numpy(dtype=np.int64), dst.to_numpy(dtype=np.int64)]).reshape(2, -1), dtype=torch.long
+    )
+
+
+def _add_knowledge_graph(
+    store: GraphStore,
+    id_maps: dict[str, list[str]],
+    index: dict[str, dict[str, int]],
+    structure: dict[tuple[str, str, str], torch.Tensor],
+) -> None:
+    """Add entities, their typed relations and entity-product links (nothing when there are no entities)."""
+    entities = store.nodes("Entity")
+    if len(entities) == 0:
+        return
+    key = node_type("Entity").key
+    ids = sorted(entities[key].astype(str).tolist())
+    id_maps[ENTITY_TYPE_NAME] = ids
+    index[ENTITY_TYPE_NAME] = {k: i for i, k in enumerate(ids)}
+    ent = index[ENTITY_TYPE_NAME]
+    structure[(ENTITY_TYPE_NAME, "describes", "product")] = _edge_tensor(store, "DESCRIBES", ent, index["product"])
+    for name in store_kg_relations(store):
+        structure[(ENTITY_TYPE_NAME, name.lower(), ENTITY_TYPE_NAME)] = _edge_tensor(store, name, ent, ent)
+
+
+def export_judgements(store: GraphStore, snapshot: GraphSnapshot) -> pd.DataFrame:
+    """Search judgements / clicks as ``query_id``, ``query`` (text), ``product`` (index), ``label``.
+
+    Judgements of products that are not in ``snapshot`` are dropped.
+    """
+    edges = store.edges("JUDGED")
+    queries = store.nodes("Query")
+    text = dict(zip(queries.get("query_id", pd.Series(dtype=str)).astype(str),
+                    queries.get("text", pd.Series(dtype=str)).astype(str)))
+    product = {p: i for i, p in enumerate(snapshot.id_maps["product"])}
+    out = pd.DataFrame(
+        {
+            "query_id": edges["source"].astype(str),
+            "query": edges["source"].astype(str).map(lambda q: text.get(q, q)),
+            "product": edges["target"].astype(str).map(product),
+            "label": edges["label"].astype(float) if "label" in edges.columns else 1.0,
+        }
+    )
+    out = out.dropna(subset=["product"]).astype({"product": "int64"})
+    return out.sort_values(["query_id", "product"], ignore_index=True)

@@ -15,15 +15,6 @@ console = Console()
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "amazon-scientific"
 
 
-def _summary_table(title: str, counts: dict[str, int]) -> Table:
-    table = Table(title=title)
-    table.add_column("label / type")
-    table.add_column("count", justify="right")
-    for name, count in counts.items():
-        table.add_row(name, f"{count:,}")
-    return table
-
-
 @app.command()
 def convert_unisrec(
     source: Path = typer.Argument(..., help="Directory with Scientific.text, *.inter, *2index."),
@@ -38,24 +29,6 @@ def convert_unisrec(
     write_tables(tables, target)
     console.print(f"wrote {len(tables.products):,} products, {len(tables.users):,} users, "
                   f"{len(tables.interactions):,} interactions to {target}")
-
-
-@app.command()
-def ingest(
-    tables_dir: Path = typer.Argument(DEFAULT_DATA, help="Catalogue tables directory."),
-    store_dir: Path = typer.Option(Path("runs/store"), help="Embedded store directory."),
-) -> None:
-    """Load catalogue tables into the embedded knowledge-graph store."""
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-
-    tables = read_tables(tables_dir)
-    store = EmbeddedStore(store_dir)
-    summary = load_tables(tables, store)
-    console.print(_summary_table(f"store {store_dir}", store.counts()))
-    console.print(f"{summary.rows_read:,} input rows in {summary.seconds:.2f} s "
-                  f"({summary.rows_read / max(summary.seconds, 1e-9):,.0f} rows/s)")
 
 
 @app.command()
@@ -121,6 +94,10 @@ def demo(
 from kgrec.cli_serving import register as register_serving  # noqa: E402
 
 register_serving(app)
+
+from kgrec.cli_ingest import register as register_ingest  # noqa: E402
+
+register_ingest(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -169,3 +169,16 @@ def test_schema_whitelist_rejects_injection(store, write):
     with pytest.raises(SchemaError):
         write(store)
     assert store.counts() == EXPECTED_COUNTS
+
+
+def test_upsert_keeps_properties_absent_from_the_frame(store):
+    store.upsert_nodes("Product", pd.DataFrame({"product_id": ["p1", "p2"], "title": ["Mug", "Kettle"], "price": [4.5, 12.0]}))
+    store.upsert_nodes("Product", pd.DataFrame({"product_id": ["p2", "p3"], "title": ["Steel Kettle", "Pot"]}))
+    got = {r["product_id"]: r for r in records(store.nodes("Product"), ["product_id"])}
+    assert got["p1"] == {"product_id": "p1", "title": "Mug", "price": 4.5}
+    assert got["p2"] == {"product_id": "p2", "title": "Steel Kettle", "price": 12.0}
+    assert got["p3"]["title"] == "Pot" and got["p3"].get("price") is None
+    store.upsert_edges("PURCHASED", pd.DataFrame({"source": ["u1"], "target": ["p1"], "order": [0], "quantity": [2]}))
+    store.upsert_edges("PURCHASED", pd.DataFrame({"source": ["u1"], "target": ["p1"], "order": [0], "channel": ["web"]}))
+    (edge,) = records(store.edges("PURCHASED"), ["order"])
+    assert edge["quantity"] == 2 and edge["channel"] == "web"

@@ -1,0 +1,136 @@
+"""RecBole atomic files with a knowledge graph: ingest -> export -> typed edges -> train + evaluate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ingest.pipeline import IngestConfig, Ingestor
+from ingest.recbole import recbole_header
+from ingest.sources import discover
+from kg.embedded import EmbeddedStore
+from kg.export import export_snapshot
+
+RELATIONS = ("film.film.directed_by", "film.film.genre", "starring")
+
+
+def write_recbole(directory: Path, users: int = 12, items: int = 20, per_user: int = 6, seed: int = 0) -> dict:
+    """A small RecBole data set ``toy`` with .inter/.item/.user/.kg/.link; returns what it wrote."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    rows = 0
+    for u in range(users):
+        for k, i in enumerate(rng.choice(items, size=per_user, replace=False)):
+            inter.append(f"u{u}\t{i}\t{rng.integers(1, 6)}.0\t{1_600_000_000 + 1000 * k + u}")
+            rows += 1
+    (directory / "toy.inter").write_text("\n".join(inter) + "\n")
+    item = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    for i in range(items):
+        item.append(f"{i}\tmovie number {i}\t{1990 + i % 7}\t{['drama', 'comedy thriller'][i % 2]}")
+    (directory / "toy.item").write_text("\n".join(item) + "\n")
+    (directory / "toy.user").write_text("user_id:token\tage:token\n" + "".join(f"u{u}\t{20 + u}\n" for u in range(users)))
+    link = ["item_id:token\tentity_id:token"] + [f"{i}\tm.{i:03d}" for i in range(items)]
+    (directory / "toy.link").write_text("\n".join(link) + "\n")
+    kg = ["head_id:token\trelation_id:token\ttail_id:token"]
+    triples = set()
+    for i in range(items):
+        triples.add((f"m.{i:03d}", RELATIONS[0], f"director.{i % 4}"))
+        triples.add((f"m.{i:03d}", RELATIONS[1], f"genre.{i % 3}"))
+        triples.add((f"m.{i:03d}", RELATIONS[2], f"actor.{i % 5}"))
+        triples.add((f"m.{i:03d}", RELATIONS[2], f"actor.{(i + 1) % 5}"))
+    kg += ["\t".join(t) for t in sorted(triples)]
+    (directory / "toy.kg").write_text("\n".join(kg) + "\n")
+    return {"interactions": rows, "triples": len(triples), "items": items, "users": users}
+
+
+def test_recbole_header():
+    assert recbole_header(["user_id:token", "item_id_list:token_seq", "plain"]) == ["user_id", "item_id_list", "plain"]
+
+
+def test_recbole_kg_to_typed_edges_and_training(tmp_path):
+    from fusion.evaluate import evaluate
+    from fusion.experiment import build_model
+    from fusion.models import FusedConfig
+    from fusion.train import TrainConfig, fit
+
+    wrote = write_recbole(tmp_path / "toy")
+    found = discover([tmp_path / "toy"])
+    assert found.adapters == ["recbole"]
+    assert sorted(s.kind for s in found.sources) == ["interaction", "link", "product", "triple", "user"]
+    store = EmbeddedStore(tmp_path / "store")
+    report = Ingestor(store, IngestConfig(dangling=found.dangling)).run(found.sources)
+    assert report.rejected == 0 and report.errors == []
+    assert report.read == wrote["interactions"] + wrote["triples"] + 2 * wrote["items"] + wrote["users"]
+
+    # every relation became its own UPPER_SNAKE relationship type, listed in KgRelation nodes
+    counts = store.counts()
+    assert counts["RATED"] == wrote["interactions"] and counts["DESCRIBES"] == wrote["items"]
+    assert {"FILM_FILM_DIRECTED_BY", "FILM_FILM_GENRE", "STARRING"} <= set(counts)
+    assert counts["FILM_FILM_DIRECTED_BY"] == 20 and counts["STARRING"] == 40
+    assert counts["Entity"] == 20 + 4 + 3 + 5
+    relations = store.nodes("KgRelation").set_index("rel_type")["name"].to_dict()
+    assert relations == {"FILM_FILM_DIRECTED_BY": RELATIONS[0], "FILM_FILM_GENRE": RELATIONS[1], "STARRING": RELATIONS[2]}
+    products = store.nodes("Product").set_index("product_id")
+    assert products.loc["3", "title"] == "movie number 3" and products.loc["3", "release_year"] == "1993"
+    edges = store.edges("RATED")
+    assert set(edges.columns) >= {"order", "timestamp", "weight"}
+
+    # a fresh process (a new store object) finds the relations again; the export types the edges
+    reopened = EmbeddedStore(tmp_path / "store")
+    snapshot = export_snapshot(reopened)
+    graph = snapshot.message_passing("train")
+    types = set(graph.edge_types)
+    for rel in ("film_film_directed_by", "film_film_genre", "starring"):
+        assert ("entity", rel, "entity") in types and ("entity", f"rev_{rel}", "entity") in types
+    assert ("entity", "describes", "product") in types and ("product", "rev_describes", "entity") in types
+    assert graph["entity"].num_nodes == 32
+    assert graph["entity", "starring", "entity"].edge_index.shape == (2, 40)
+
+    # the fused model trains and evaluates on it, messages flowing through the KG relations
+    torch.manual_seed(0)
+    text = torch.randn(snapshot.num_products, 16)
+    model = build_model("fused", snapshot, text, FusedConfig(graph_dim=16, gnn_layers=2))
+    assert ("entity", "starring", "entity") in model.graph.edge_types
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: OpenMP threads only contend on a shared CPU
+    try:
+        history = fit(model, snapshot, TrainConfig(epochs=2, batch_size=32, device="cpu", patience=5), progress=False)
+        result = evaluate(model, snapshot, "test", ks=(5, 10))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(history.losses) == 2 and all(np.isfinite(history.losses))
+    assert 0.0 <= result.metrics["ndcg@10"] <= 1.0 and 0.0 <= result.metrics["recall@10"] <= 1.0
+
+    # re-ingest: nothing added
+    again = Ingestor(EmbeddedStore(tmp_path / "store"), IngestConfig(dangling=found.dangling)).run(discover([tmp_path / "toy"]).sources)
+    assert sum(again.added().values()) == 0 and again.rejected == 0
+
+
+def test_recbole_without_item_file_creates_products(tmp_path):
+    write_recbole(tmp_path / "toy")
+    (tmp_path / "toy" / "toy.item").unlink()
+    (tmp_path / "toy" / "toy.link").unlink()
+    found = discover([tmp_path / "toy"])
+    assert found.dangling == {"product": "create"}
+    store = EmbeddedStore(tmp_path / "store")
+    report = Ingestor(store, IngestConfig(dangling=found.dangling)).run(found.sources)
+    used = {line.split("\t")[1] for line in (tmp_path / "toy" / "toy.inter").read_text().splitlines()[1:]}
+    assert report.rejected == 0 and store.counts()["Product"] == len(used) == report.created["product"]
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [("u1\t3\tfive\t1600000000", "not_number"), ("u1\t3\t4.0", "field_count"), ("\t3\t4.0\t1600000000", "missing")],
+)
+def test_recbole_bad_rows_are_reported(tmp_path, bad, reason):
+    write_recbole(tmp_path / "toy")
+    path = tmp_path / "toy" / "toy.inter"
+    path.write_text(path.read_text() + bad + "\n")
+    found = discover([tmp_path / "toy"])
+    report = Ingestor(EmbeddedStore(tmp_path / "store"), IngestConfig(dangling=found.dangling)).run(found.sources)
+    inter = next(f for f in report.files if f.kind == "interaction")
+    assert (inter.read, inter.rejected, inter.reasons) == (73, 1, {reason: 1})
+    assert report.rejects[0]["row"] == 73 and report.rejects[0]["line"] == 74
