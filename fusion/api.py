@@ -232,6 +232,13 @@ class Scorer:
         pop = torch.as_tensor([s == "popularity" for s in sources], device=self.device)
         return vectors, pop, sources, seen
 
+    def user_vectors(self, user_ids: list[str]) -> torch.Tensor:
+        """``[B, d]`` the model's vectors of known users (those ``recommend`` multiplies with)."""
+        unknown = [u for u in user_ids if u not in self._uid]
+        if unknown:
+            raise ValueError(f"unknown user id {unknown[0]!r} ({len(unknown)} unknown)")
+        return self._users(list(user_ids))[0]
+
     def _seen_mask(self, seen: list[np.ndarray]) -> torch.Tensor:
         rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
         cols = np.concatenate(seen) if seen else np.empty(0, np.int64)

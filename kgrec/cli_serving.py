@@ -298,7 +298,32 @@ def update(
     console.print(f"updated artifact: {out}")
 
 
+def writeback(
+    artifact: Path = ARTIFACT,
+    k: int = typer.Option(10, "-k", "--k", help="Recommendations per user."),
+    model_version: Optional[str] = typer.Option(None, help="Version tag of the RECOMMENDED edges (default: model@data fingerprint)."),
+    batch_size: int = typer.Option(1024, help="Users per scoring batch."),
+) -> None:
+    """Write product/user embeddings (with a vector index) and every user's top-k as RECOMMENDED edges into Neo4j.
+
+    The connection comes from KGREC_NEO4J_URI, KGREC_NEO4J_USER, KGREC_NEO4J_PASSWORD (and KGREC_NEO4J_DATABASE).
+    """
+    from fusion.writeback import write_back
+    from kg.neo4j_store import Neo4jConfigError, Neo4jStore
+
+    scorer = _load(artifact)
+    try:
+        store = Neo4jStore()
+    except Neo4jConfigError as exc:
+        _fail(exc)
+    with store:
+        summary = write_back(scorer, store, k=k, model_version=model_version, batch_size=batch_size)
+    console.print(f"wrote {summary.products:,} product and {summary.users:,} user embeddings and "
+                  f"{summary.recommendations:,} RECOMMENDED edges (model_version {summary.model_version}) "
+                  f"in {summary.seconds:.1f} s")
+
+
 def register(app: typer.Typer) -> None:
     """Attach the serving commands to the ``kgrec`` app."""
-    for fn in (train, recommend, search, similar, explain, update):
+    for fn in (train, recommend, search, similar, explain, update, writeback):
         app.command(fn.__name__)(fn)
