@@ -44,7 +44,7 @@ class BenchmarkConfig:
     """
 
     models: tuple[str, ...] = MODEL_NAMES
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=1024, lr=2e-3, patience=2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=2048, lr=3e-3, patience=2))
     bpr_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=4096, lr=1e-2, patience=3))
     fused: FusedConfig = field(default_factory=FusedConfig)
     ks: tuple[int, ...] = (10, 20)

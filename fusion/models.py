@@ -319,6 +319,8 @@ class FusedConfig:
             training that vector has seen the user's later purchases, at test time it has
             not, and the model learns to lean on it and overfits).
         gate_bias: initial bias of the text/graph gate (default 3.0: about 95% text at the start).
+        graph_text_input: feed the product text vectors into the GNN as product input
+            features, so categories, brands and users aggregate text too (default False).
     """
 
     graph_dim: int = 64
@@ -331,6 +333,7 @@ class FusedConfig:
     temperature: float = 0.05
     user_graph: bool = False
     gate_bias: float = 3.0
+    graph_text_input: bool = False
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_graph):
@@ -389,7 +392,10 @@ class FusedRecommender(Recommender):
         if config.use_graph:
             if num_nodes is None or edge_types is None:
                 raise ValueError("use_graph needs num_nodes and edge_types")
-            self.graph = HeteroGraphEncoder(num_nodes, edge_types, config.graph_dim, config.gnn_layers, dropout=config.dropout)
+            input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else None
+            self.graph = HeteroGraphEncoder(
+                num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout
+            )
             self.graph_proj = nn.Linear(config.graph_dim, d)
             self.user_graph_proj = _zero_linear(config.graph_dim, d)
         if config.use_text and config.use_graph:
@@ -420,13 +426,17 @@ class FusedRecommender(Recommender):
         text = self.text + self.text_adapter(self.text) if self.config.use_text else None
         if not self.config.use_graph:
             return text, None
-        nodes = self.graph(edges)
+        nodes = self._graph_nodes(edges)
         graph_p = self.graph_proj(nodes["product"])
         users = self.user_graph_proj(nodes["user"])
         if text is None:
             return graph_p, users
         g = torch.sigmoid(self.gate(torch.cat([text, graph_p], dim=-1)))
         return g * text + (1 - g) * graph_p, users
+
+    def _graph_nodes(self, edges: dict) -> dict[str, torch.Tensor]:
+        """The GNN's node vectors (with product text as input features when configured)."""
+        return self.graph(edges, {"product": self.text} if self.config.graph_text_input and self.config.use_text else None)
 
     def _towers(self, batch: RecBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.training:
@@ -470,7 +480,7 @@ class FusedRecommender(Recommender):
         if self.config.use_text:
             state["product_text"] = self.text + self.text_adapter(self.text)
         if self.config.use_graph:
-            state["product_graph"] = self.graph_proj(self.graph(self.edge_index_dict)["product"])
+            state["product_graph"] = self.graph_proj(self._graph_nodes(self.edge_index_dict)["product"])
         if self.config.use_graph and self.config.user_graph:
             state["user_graph"] = user_nodes
         return {k: v.detach().float().cpu().clone() for k, v in state.items()}
