@@ -10,6 +10,7 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from fusion.models import (
     Recommender,
     TextZeroShot,
 )
-from fusion.train import TrainConfig, fit
+from fusion.train import TrainConfig, TrainHistory, fit
 from kg.export import GraphSnapshot
 
 #: Models in the order of the results table; ``fused`` last.
@@ -105,15 +106,26 @@ def run_benchmark(
     text_features: torch.Tensor | None,
     config: BenchmarkConfig,
     progress: bool = True,
+    evaluate_test: Callable[[Recommender, TrainConfig], dict[str, float]] | None = None,
+    on_trained: Callable[[str, Recommender, TrainConfig, TrainHistory], None] | None = None,
 ) -> list[ModelResult]:
-    """Train every model of ``config.models`` and evaluate it on valid and test."""
+    """Train every model of ``config.models`` and evaluate it on valid and test.
+
+    Args:
+        evaluate_test: computes the test metrics of a trained model (default: :func:`evaluate`
+            on ``"test"`` with ``config.ks``); the report passes a more detailed evaluator.
+        on_trained: called with each trained model, e.g. to keep histories or extra results.
+    """
     results = []
     for name in config.models:
         model = build_model(name, snapshot, text_features, config.fused)
         train_cfg = config.bpr_train if name in ("mf-bpr", "lightgcn") else config.train
         history = fit(model, snapshot, train_cfg, progress=progress)
         valid = evaluate(model, snapshot, "valid", config.ks, train_cfg.max_history).metrics
-        test = evaluate(model, snapshot, "test", config.ks, train_cfg.max_history).metrics
+        if evaluate_test is None:
+            test = evaluate(model, snapshot, "test", config.ks, train_cfg.max_history).metrics
+        else:
+            test = evaluate_test(model, train_cfg)
         results.append(
             ModelResult(
                 model=name,
@@ -126,6 +138,8 @@ def run_benchmark(
                 config={"model": model.config_dict(), "train": asdict(train_cfg)},
             )
         )
+        if on_trained is not None:
+            on_trained(name, model, train_cfg, history)
         if progress:
             from tqdm.auto import tqdm
 

@@ -99,5 +99,9 @@ from kgrec.cli_ingest import register as register_ingest  # noqa: E402
 
 register_ingest(app)
 
+from kgrec.cli_evaluate import register as register_evaluate  # noqa: E402
+
+register_evaluate(app)
+
 if __name__ == "__main__":  # pragma: no cover
     app()
