@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusion.data import RecBatch, evaluation_examples
+from fusion.data import RecBatch
 from fusion.metrics import hit_matrix, mean_metrics, per_user_metrics
 from fusion.models import Recommender
 from kg.export import GraphSnapshot
@@ -76,12 +76,15 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on the targets of ``split`` by full ranking.
 
-    Sets the model's graph to ``snapshot.message_passing(split)`` first.
+    Sets the model's graph to ``snapshot.message_passing(split)`` first. Inputs are built
+    without a Python loop over users (:func:`evaluation_inputs`) and the exclusion mask on the
+    model's device, chunk by chunk (:func:`rank_top_k_pairs`); tests check the result equals
+    the per-example path (:func:`fusion.data.evaluation_examples`, :func:`exclusion_mask`,
+    :func:`rank_top_k`).
     """
     model.set_graph(snapshot.message_passing(split))
-    batch, histories = evaluation_examples(snapshot, split, max_history)
-    exclude = exclusion_mask(histories, snapshot.num_products)
-    topk = rank_top_k(model, batch, exclude, max(ks), batch_size)
+    batch, rows, cols = evaluation_inputs(snapshot, split, max_history)
+    topk = rank_top_k_pairs(model, batch, rows, cols, max(ks), batch_size)
     hits = hit_matrix(topk, batch.targets)
     per_user = per_user_metrics(hits, torch.ones(len(batch)), ks)
     return EvalResult(mean_metrics(per_user), per_user, topk, batch.users, batch.targets)
@@ -241,21 +244,3 @@ def rank_top_k_pairs(
         return topk
     empty = torch.empty(0)
     return topk, (torch.cat(ranks).cpu() if ranks else empty), (torch.cat(cands).cpu() if cands else empty)
-
-
-def evaluate_fast(
-    model: Recommender,
-    snapshot: GraphSnapshot,
-    split: str = "test",
-    ks: tuple[int, ...] = (10, 20),
-    max_history: int = 50,
-    batch_size: int = 2048,
-) -> EvalResult:
-    """:func:`evaluate`, same result (checked in tests/fusion/test_report.py), with vectorised
-    inputs (:func:`evaluation_inputs`) and masks built on the model's device."""
-    model.set_graph(snapshot.message_passing(split))
-    batch, rows, cols = evaluation_inputs(snapshot, split, max_history)
-    topk = rank_top_k_pairs(model, batch, rows, cols, max(ks), batch_size)
-    hits = hit_matrix(topk, batch.targets)
-    per_user = per_user_metrics(hits, torch.ones(len(batch)), ks)
-    return EvalResult(mean_metrics(per_user), per_user, topk, batch.users, batch.targets)
