@@ -42,6 +42,7 @@ class EmbeddedStore(GraphStore):
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
         (self.root / "edges").mkdir(parents=True, exist_ok=True)
         self._graph: nx.MultiDiGraph | None = None
+        self._undirected: nx.Graph | None = None  # built from _graph on the first path query
         self.kg_relations()
 
     # -- paths -----------------------------------------------------------------
@@ -70,7 +71,7 @@ class EmbeddedStore(GraphStore):
         path = self._node_path(label)
         merged = _merge(self._read(path, [key]), frame, [key])
         self._write(merged, path)
-        self._graph = None
+        self._graph = self._undirected = None
         return len(frame)
 
     def upsert_edges(self, rel: str, frame: pd.DataFrame) -> int:
@@ -79,7 +80,7 @@ class EmbeddedStore(GraphStore):
         path = self._edge_path(rel)
         merged = _merge(self._read(path, ident), frame, ident)
         self._write(merged, path)
-        self._graph = None
+        self._graph = self._undirected = None
         return len(frame)
 
     def nodes(self, label: str) -> pd.DataFrame:
@@ -160,10 +161,11 @@ class EmbeddedStore(GraphStore):
         for node in (source, target):
             if node not in g:
                 raise KeyError(f"node {node} is not in the graph")
-        undirected = g.to_undirected(as_view=True)
+        if self._undirected is None:
+            self._undirected = nx.Graph(g.to_undirected(as_view=True))
         out = []
         try:
-            for path in nx.shortest_simple_paths(nx.Graph(undirected), source, target):
+            for path in nx.shortest_simple_paths(self._undirected, source, target):
                 if len(path) - 1 > max_hops or len(out) >= limit:
                     break
                 hops = []

@@ -15,8 +15,6 @@ Neo4j store implement this contract and pass the same contract tests.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-
 import pandas as pd
 
 from kg.schema import check_identifier, node_type, rel_type
@@ -96,7 +94,3 @@ def edge_identity(rel: str) -> list[str]:
     """Columns that identify one edge of ``rel`` (endpoints plus the type's key)."""
     return ["source", "target", *rel_type(rel).key]
 
-
-def ids_of(values: Iterable[object]) -> list[str]:
-    """External ids are strings everywhere."""
-    return [str(v) for v in values]

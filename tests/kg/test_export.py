@@ -49,3 +49,15 @@ def test_structure_edges(tiny_snapshot):
     assert s[("product", "in_category", "category")].shape[1] == 19  # 5 of 24 have no category
     assert s[("category", "subcategory_of", "category")].shape[1] == 2
     assert tiny_snapshot.fingerprint() == tiny_snapshot.fingerprint()
+
+
+def test_embedded_paths_between_nodes(tiny_store, tiny_tables):
+    inter = tiny_tables.interactions
+    user, product = inter.iloc[0]["user_id"], inter.iloc[0]["product_id"]
+    (direct,) = tiny_store.paths(("User", user), ("Product", product), max_hops=1)
+    assert direct == [(("User", user), "PURCHASED", ("Product", product))]
+    # P03 and P09 share brand Acme and the leaf category Tools > Hand
+    paths = tiny_store.paths(("Product", "P03"), ("Product", "P09"), max_hops=2, limit=5)
+    via = {hops[0][2] for hops in paths}
+    assert ("Brand", "Acme") in via and ("Category", "Tools > Hand") in via
+    assert all(len(hops) == 2 for hops in paths)
