@@ -38,6 +38,49 @@ class RecBatch:
         return RecBatch(self.users[index], self.history[index], self.targets[index])
 
 
+@dataclass
+class SearchBatch:
+    """A batch of search examples: queries with graded judged products.
+
+    Attributes:
+        queries: ``[B, d_text]`` query text vectors from the (frozen) text encoder.
+        products: ``[B, J]`` judged product indices, ``-1`` = padding.
+        grades: ``[B, J]`` graded relevance ``>= 0`` (0 = judged not relevant; padding 0).
+        users: ``[B]`` user indices for personalised search, ``-1`` = anonymous.
+        history: ``[B, L]`` the user's products before the query (most recent last, ``-1`` pad).
+        query_nodes: ``[B]`` index of the query's node in the message-passing graph
+            (``-1`` = not in the graph); its judged edges are hidden while it is trained on.
+        texts: the B query strings (a trainable text tower re-encodes them), or None.
+    """
+
+    queries: torch.Tensor
+    products: torch.Tensor
+    grades: torch.Tensor
+    users: torch.Tensor
+    history: torch.Tensor
+    query_nodes: torch.Tensor
+    texts: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.queries.shape[0])
+
+    def to(self, device: torch.device | str) -> "SearchBatch":
+        return SearchBatch(
+            self.queries.to(device), self.products.to(device), self.grades.to(device), self.users.to(device),
+            self.history.to(device), self.query_nodes.to(device), self.texts,
+        )
+
+    def __getitem__(self, index: torch.Tensor | slice) -> "SearchBatch":
+        texts = None
+        if self.texts is not None:
+            rows = range(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index).tolist()
+            texts = [self.texts[i] for i in rows]
+        return SearchBatch(
+            self.queries[index], self.products[index], self.grades[index], self.users[index],
+            self.history[index], self.query_nodes[index], texts,
+        )
+
+
 def _pad_left(sequences: list[np.ndarray], length: int) -> np.ndarray:
     out = np.full((len(sequences), length), -1, dtype=np.int64)
     for row, seq in enumerate(sequences):

@@ -24,10 +24,37 @@ from torch import nn
 from torch_geometric.data import HeteroData
 
 from encoders.graph import HeteroGraphEncoder, LightGCNEncoder
-from fusion.data import RecBatch
+from fusion.data import RecBatch, SearchBatch
 
 INTERACTION_EDGE = ("user", "interacted", "product")
+#: query -> product judgements in a search graph (:mod:`fusion.search`)
+QUERY_EDGE = ("query", "judged", "product")
+REV_QUERY_EDGE = ("product", "rev_judged", "query")
 REV_INTERACTION_EDGE = ("product", "rev_interacted", "user")
+
+
+def drop_pairs(
+    edges: dict[tuple[str, str, str], torch.Tensor],
+    edge_type: tuple[str, str, str],
+    reverse_type: tuple[str, str, str] | None,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+) -> dict[tuple[str, str, str], torch.Tensor]:
+    """``edges`` with every ``(src[i], dst[i])`` edge of ``edge_type`` (and its mirror in
+    ``reverse_type``) removed: supervision pairs must not be message-passing edges.
+    Pairs with a negative id are ignored."""
+    index = edges.get(edge_type)
+    keep_pairs = (src >= 0) & (dst >= 0)
+    if index is None or not bool(keep_pairs.any()):
+        return edges
+    src, dst = src[keep_pairs].to(index.device), dst[keep_pairs].to(index.device)
+    width = int(max(int(index[1].max()) if index.numel() else 0, int(dst.max()))) + 1
+    keep = ~torch.isin(index[0] * width + index[1], src * width + dst)
+    edges = dict(edges)
+    edges[edge_type] = index[:, keep]
+    if reverse_type is not None and reverse_type in edges:
+        edges[reverse_type] = index[:, keep].flip(0)
+    return edges
 
 
 class Recommender(nn.Module):
@@ -72,19 +99,16 @@ class Recommender(nn.Module):
     def product_embeddings(self) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no product embeddings")
 
+    def forward(self, batch: RecBatch, search: "SearchBatch | None" = None, search_weight: float = 1.0) -> torch.Tensor:
+        """The training loss (what :class:`~torch.nn.parallel.DistributedDataParallel` calls):
+        ``loss(batch)``, plus ``search_weight * search_loss(search)`` for models that search."""
+        if search is not None:
+            raise NotImplementedError(f"{self.name} is not trained for search")
+        return self.loss(batch)
+
     def _edges_without(self, batch: RecBatch) -> dict[tuple[str, str, str], torch.Tensor]:
         """The message-passing edges minus the batch's (user, target) supervision pairs."""
-        edges = dict(self.edge_index_dict)
-        inter = edges.get(INTERACTION_EDGE)
-        if inter is None or batch.targets.numel() == 0:
-            return edges
-        key = inter[0] * self.num_products + inter[1]
-        drop = batch.users * self.num_products + batch.targets
-        keep = ~torch.isin(key, drop)
-        edges[INTERACTION_EDGE] = inter[:, keep]
-        if REV_INTERACTION_EDGE in edges:
-            edges[REV_INTERACTION_EDGE] = inter[:, keep].flip(0)
-        return edges
+        return drop_pairs(dict(self.edge_index_dict), INTERACTION_EDGE, REV_INTERACTION_EDGE, batch.users, batch.targets)
 
     # -- serving (fusion.artifact, fusion.api): score with no graph and no store -------------
     #: keys of a serving state that hold one row per product (``add_products`` extends them)
@@ -322,6 +346,9 @@ class FusedConfig:
             3.0 left the graph branch too little room in 8 epochs, 0.0 overfitted).
         graph_text_input: feed the product text vectors into the GNN as product input
             features, so categories, brands and users aggregate text too (default False).
+        personalize_search: search adds the user's tower vector to the query vector with a
+            learned weight that starts at 0 (default True; only used when a search batch has
+            users with history).
     """
 
     graph_dim: int = 64
@@ -335,6 +362,7 @@ class FusedConfig:
     user_graph: bool = False
     gate_bias: float = 1.0
     graph_text_input: bool = False
+    personalize_search: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_graph):
@@ -378,6 +406,10 @@ class FusedRecommender(Recommender):
         text_features: torch.Tensor | None = None,
         num_nodes: dict[str, int] | None = None,
         edge_types: list[tuple[str, str, str]] | None = None,
+        query_dim: int | None = None,
+        node_features: dict[str, torch.Tensor] | None = None,
+        text_tower: nn.Module | None = None,
+        product_texts: list[str] | None = None,
     ) -> None:
         super().__init__(num_users, num_products)
         self.config = config
@@ -387,13 +419,30 @@ class FusedRecommender(Recommender):
             self.register_buffer("text", F.normalize(text_features.float(), dim=-1))
             d = text_features.shape[1]
             self.text_adapter = _zero_linear(d, d)
+            # queries and product titles are different kinds of text: a query-side residual
+            self.query_adapter = _zero_linear(d, d)
         else:
             d = config.graph_dim
+            if query_dim is not None:  # graph-only search: query text -> graph space
+                self.query_proj = nn.Linear(query_dim, d)
         self.dim = d
+        self.search_user_weight = nn.Parameter(torch.zeros(()))
+        # input features of other node types (e.g. the query nodes of a search graph)
+        self.feature_types = sorted(node_features or {})
+        for t in self.feature_types:
+            self.register_buffer(f"features_{t}", F.normalize(node_features[t].float(), dim=-1))
+        if text_tower is not None:
+            if not config.use_text:
+                raise ValueError("a text_tower needs use_text")
+            if product_texts is None or len(product_texts) != num_products:
+                raise ValueError("a text_tower needs product_texts, one per product")
+        self.text_tower = text_tower
+        self.product_texts = list(product_texts) if product_texts is not None else None
         if config.use_graph:
             if num_nodes is None or edge_types is None:
                 raise ValueError("use_graph needs num_nodes and edge_types")
-            input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else None
+            input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else {}
+            input_dims.update({t: int(node_features[t].shape[1]) for t in self.feature_types})
             self.graph = HeteroGraphEncoder(
                 num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout
             )
@@ -422,26 +471,54 @@ class FusedRecommender(Recommender):
         self._cache = None
         return super().train(mode)
 
-    def _encode(self, edges: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(products ``[P, d]``, user graph vectors ``[U, d]`` or None)."""
-        text = self.text + self.text_adapter(self.text) if self.config.use_text else None
+    def _encode(self, edges: dict, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(products ``[P, d]``, user graph vectors ``[U, d]`` or None); ``text`` overrides the
+        ``[P, d_text]`` unit text matrix (fresh tower vectors during fine-tuning)."""
+        if text is None and self.config.use_text:
+            text = self.text
+        t = text + self.text_adapter(text) if self.config.use_text else None
         if not self.config.use_graph:
-            return text, None
-        nodes = self._graph_nodes(edges)
+            return t, None
+        nodes = self._graph_nodes(edges, text)
         graph_p = self.graph_proj(nodes["product"])
-        users = self.user_graph_proj(nodes["user"])
-        if text is None:
+        users = self.user_graph_proj(nodes["user"]) if "user" in nodes else None
+        if t is None:
             return graph_p, users
-        g = torch.sigmoid(self.gate(torch.cat([text, graph_p], dim=-1)))
-        return g * text + (1 - g) * graph_p, users
+        g = torch.sigmoid(self.gate(torch.cat([t, graph_p], dim=-1)))
+        return g * t + (1 - g) * graph_p, users
 
-    def _graph_nodes(self, edges: dict) -> dict[str, torch.Tensor]:
-        """The GNN's node vectors (with product text as input features when configured)."""
-        return self.graph(edges, {"product": self.text} if self.config.graph_text_input and self.config.use_text else None)
+    def _graph_nodes(self, edges: dict, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The GNN's node vectors (with text and other node features as inputs when configured)."""
+        features = {t: getattr(self, f"features_{t}") for t in self.feature_types}
+        if self.config.graph_text_input and self.config.use_text:
+            features["product"] = self.text if text is None else text
+        return self.graph(edges, features or None)
+
+    def _fresh_text(self, products: torch.Tensor) -> torch.Tensor | None:
+        """With a trainable text tower in training: the text matrix with the rows of
+        ``products`` re-encoded (with grad); the other rows come from the cache
+        :meth:`refresh_text` fills. None otherwise (use the cache as it is)."""
+        tower = self.text_tower
+        if tower is None or not self.training or not getattr(tower, "trainable", False):
+            return None
+        rows = torch.unique(products[products >= 0])
+        vectors = F.normalize(tower([self.product_texts[i] for i in rows.tolist()]).float(), dim=-1)
+        return self.text.index_put((rows.to(self.text.device),), vectors.to(self.text.device))
+
+    @torch.no_grad()
+    def refresh_text(self, batch_size: int | None = None, progress: bool = False) -> None:
+        """Re-encode every product title with the text tower into the ``text`` cache
+        (the trainer calls it before each epoch and after restoring the best weights)."""
+        if self.text_tower is None:
+            return
+        vectors = self.text_tower.encode(self.product_texts, batch_size=batch_size, progress=progress)
+        self.text.copy_(F.normalize(vectors.float(), dim=-1).to(self.text.device))
+        self._cache = None
 
     def _towers(self, batch: RecBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.training:
-            return self._encode(self._edges_without(batch) if batch is not None else self.edge_index_dict)
+            text = self._fresh_text(batch.targets) if batch is not None else None
+            return self._encode(self._edges_without(batch) if batch is not None else self.edge_index_dict, text)
         if self._cache is None:
             with torch.no_grad():
                 self._cache = self._encode(self.edge_index_dict)
@@ -471,6 +548,80 @@ class FusedRecommender(Recommender):
 
     def product_embeddings(self) -> torch.Tensor:
         return F.normalize(self._towers(None)[0], dim=-1)
+
+    # -- search: the same product tower, a query tower over the same text encoder ----------
+
+    def query_vectors(self, queries: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
+        """``[B, d]`` query vectors in the product space from ``[B, d_text]`` text vectors
+        (a trainable text tower in training re-encodes ``texts`` instead)."""
+        tower = self.text_tower
+        if tower is not None and self.training and getattr(tower, "trainable", False) and texts is not None:
+            queries = tower(texts)
+        q = F.normalize(queries.float(), dim=-1)
+        if self.config.use_text:
+            return q + self.text_adapter(q) + self.query_adapter(q)
+        if not hasattr(self, "query_proj"):
+            raise NotImplementedError(f"{self.name} was built without query_dim: it cannot encode a query")
+        return self.query_proj(q)
+
+    def _search_products(self, batch: SearchBatch, rec: RecBatch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Product tower for a search (and recommendation) batch: in training the batches'
+        supervision pairs leave the message-passing graph and fresh text rows are encoded."""
+        if not self.training:
+            return self._towers(None)
+        edges = dict(self.edge_index_dict)
+        if rec is not None:
+            edges = drop_pairs(edges, INTERACTION_EDGE, REV_INTERACTION_EDGE, rec.users, rec.targets)
+        judged = batch.products.shape[1]
+        edges = drop_pairs(edges, INTERACTION_EDGE, REV_INTERACTION_EDGE,
+                           batch.users.repeat_interleave(judged), batch.products.flatten())
+        edges = drop_pairs(edges, QUERY_EDGE, REV_QUERY_EDGE,
+                           batch.query_nodes.repeat_interleave(judged), batch.products.flatten())
+        fresh = batch.products.flatten() if rec is None else torch.cat([batch.products.flatten(), rec.targets])
+        return self._encode(edges, self._fresh_text(fresh))
+
+    def _search_logits(self, batch: SearchBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        q = F.normalize(self.query_vectors(batch.queries, batch.texts), dim=-1)
+        has_history = (batch.history >= 0).any(1, keepdim=True)
+        if self.config.personalize_search and bool(has_history.any()):
+            user = self._users(RecBatch(batch.users.clamp(min=0), batch.history, batch.users), products, user_nodes)
+            q = q + self.search_user_weight * torch.where(has_history, F.normalize(user, dim=-1), 0.0)
+        return F.normalize(q, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+
+    def search_logits(self, batch: SearchBatch) -> torch.Tensor:
+        """``[B, P]`` search scores of every product: cosine between the (optionally
+        personalised) query vector and the fused product vectors, over ``temperature``."""
+        products, user_nodes = self._search_products(batch)
+        return self._search_logits(batch, products, user_nodes)
+
+    def _graded_loss(self, logits: torch.Tensor, batch: SearchBatch) -> torch.Tensor:
+        judged = batch.products >= 0
+        gains = torch.where(judged, torch.pow(2.0, batch.grades.float()) - 1.0, 0.0)
+        total = gains.sum(1)
+        keep = total > 0
+        if not bool(keep.any()):
+            return logits.sum() * 0.0
+        target = gains / total.clamp(min=1e-12).unsqueeze(1)
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(1, batch.products.clamp(min=0))
+        return -(target * picked).sum(1)[keep].mean()
+
+    def search_loss(self, batch: SearchBatch) -> torch.Tensor:
+        """Listwise softmax cross-entropy over all products against the target distribution
+        ``∝ 2^grade - 1`` of each query's judged products (queries with no gain skipped)."""
+        return self._graded_loss(self.search_logits(batch), batch)
+
+    def forward(self, batch: RecBatch | None, search: SearchBatch | None = None, search_weight: float = 1.0) -> torch.Tensor:
+        """Multi-task loss with one shared product tower (one graph pass for both tasks):
+        ``loss(batch) + search_weight * search_loss(search)``; either part may be None."""
+        if search is None:
+            return self.loss(batch)
+        products, user_nodes = self._search_products(search, batch)
+        loss = search_weight * self._graded_loss(self._search_logits(search, products, user_nodes), search)
+        if batch is not None and len(batch):
+            users = self._users(batch, products, user_nodes)
+            logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+            loss = loss + F.cross_entropy(logits, batch.targets)
+        return loss
 
     @torch.no_grad()
     def serving_state(self) -> dict[str, torch.Tensor]:
@@ -526,12 +677,12 @@ class FusedRecommender(Recommender):
         return out
 
     def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        """The text tower applied to a query: ``T(q) = q + adapter(q)`` with ``q`` the unit
-        text vector, then unit length (cosine against the fused product vectors)."""
-        if not self.config.use_text:
+        """The query tower (:meth:`query_vectors`) applied to ``[B, d_text]`` text vectors,
+        unit length (cosine against the fused product vectors)."""
+        if not self.config.use_text and not hasattr(self, "query_proj"):
             raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
-        q = F.normalize(text.float(), dim=-1).to(state["products"].device)
-        return F.normalize(q + self.text_adapter(q), dim=-1)
+        with torch.no_grad():
+            return F.normalize(self.query_vectors(text.to(state["products"].device)), dim=-1)
 
 
 def _zero_linear(d_in: int, d_out: int) -> nn.Linear:

@@ -3,6 +3,17 @@
 Minibatches of training examples (:func:`fusion.data.training_examples`), Adam,
 validation NDCG@10 after each epoch, early stopping with patience, and the best
 epoch's weights restored at the end — the checkpoint that gets tested.
+
+The same loop runs
+
+* multi-task: with a :class:`~fusion.search.SearchTask`, each step adds a batch of
+  graded search examples to the recommendation batch (one shared product tower,
+  ``model(rec_batch, search_batch, weight)``); validation averages both NDCG@10s;
+* in mixed precision: ``precision="bf16"`` (default on CUDA) runs the forward pass
+  under ``torch.autocast``;
+* distributed: launched by ``torchrun`` (:func:`fusion.distributed.init_distributed`),
+  the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` and
+  every rank trains on its own shard of each epoch's permutation.
 """
 from __future__ import annotations
 
@@ -35,6 +46,11 @@ class TrainConfig:
         seed: seeds torch, numpy and random (default 0).
         device: "auto" (CUDA when present), "cpu" or "cuda".
         time_limit: stop after this many seconds of training (None = no limit).
+        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
+        neighbor_sampling: fan-outs per GNN layer for mini-batch training of the fused model
+            over sampled subgraphs (:class:`fusion.minibatch.SampledFusedLoss`); None
+            (default) = full-batch message passing.
+        num_negatives: uniform negative products per step with ``neighbor_sampling`` (default 1024).
     """
 
     epochs: int = 30
@@ -46,6 +62,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     time_limit: float | None = None
+    precision: str = "auto"
+    neighbor_sampling: tuple[int, ...] | None = None
+    num_negatives: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.neighbor_sampling is not None:
+            self.neighbor_sampling = tuple(int(f) for f in self.neighbor_sampling)
 
 
 @dataclass
@@ -56,6 +81,8 @@ class TrainHistory:
     valid_ndcg: list[float] = field(default_factory=list)
     best_epoch: int = -1
     seconds: float = 0.0
+    valid_search_ndcg: list[float] = field(default_factory=list)
+    examples_per_second: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,41 +97,116 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(model: Recommender, snapshot: GraphSnapshot, config: TrainConfig, progress: bool = True) -> TrainHistory:
-    """Train ``model`` on the train split; keep the weights with the best validation NDCG@10."""
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None = full precision)."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def fit(
+    model: Recommender,
+    snapshot: GraphSnapshot,
+    config: TrainConfig,
+    progress: bool = True,
+    search: "SearchTask | None" = None,
+) -> TrainHistory:
+    """Train ``model`` on the train split; keep the weights with the best validation NDCG@10.
+
+    Args:
+        search: graded search examples trained jointly (multi-task); the validation score
+            is then the mean of the recommendation and search NDCG@10 (search alone when the
+            snapshot has no interactions to learn from).
+    """
+    from fusion.distributed import rank_and_world
+
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    rank, world = rank_and_world()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     model.to(device)
     history = TrainHistory()
-    train_graph = snapshot.message_passing("train")
+    train_graph = search.graph if search is not None and search.graph is not None else snapshot.message_passing("train")
     if not model.trainable:
         model.set_graph(train_graph)
         return history
 
     examples = training_examples(snapshot, config.max_history)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    has_rec = len(examples) > 0 and (snapshot.interactions["split"] == "valid").any()
+    if not has_rec and search is None:
+        raise ValueError("nothing to train on: the snapshot has no train/valid interactions and no search task was given")
+    step_model: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             find_unused_parameters=True)
+    loss_fn = None
+    if config.neighbor_sampling is not None:
+        from fusion.minibatch import SampledFusedLoss
+
+        if search is not None or world > 1:
+            raise ValueError("neighbor_sampling trains recommendation only, in one process")
+        loss_fn = SampledFusedLoss(model, train_graph, config.neighbor_sampling, config.num_negatives, seed=config.seed)
+    amp = autocast_dtype(config, device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
     best_state, best_score, stale = None, -1.0, 0
     start = time.perf_counter()
+    seen_examples = 0
+    generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
     for epoch in range(config.epochs):
         model.set_graph(train_graph)
+        if loss_fn is not None:
+            loss_fn.set_graph(train_graph)
+        if getattr(model, "text_tower", None) is not None and getattr(model.text_tower, "trainable", False):
+            model.refresh_text(progress=progress and rank == 0)
         model.train()
-        order = torch.randperm(len(examples))
-        total, steps = 0.0, 0
-        bar = tqdm(range(0, len(examples), config.batch_size), desc=f"{model.name} epoch {epoch + 1}", leave=False, disable=not progress)
-        for begin in bar:
-            batch = examples[order[begin : begin + config.batch_size]].to(device)
-            loss = model.loss(batch)
+        rec_order = torch.randperm(len(examples), generator=generator)[rank::world] if has_rec else None
+        search_order = torch.randperm(len(search.train), generator=generator)[rank::world] if search is not None else None
+        if has_rec:
+            steps = len(rec_order) // config.batch_size + (1 if len(rec_order) % config.batch_size and world == 1 else 0)
+        else:
+            steps = max(len(search_order) // search.batch_size, 1)
+        if world > 1:
+            steps = min(steps, _min_over_ranks(steps, device))
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"{model.name} epoch {epoch + 1}", leave=False, disable=not progress or rank != 0)
+        for step in bar:
+            batch = examples[rec_order[step * config.batch_size : (step + 1) * config.batch_size]].to(device) if has_rec else None
+            search_batch = None
+            if search is not None:
+                begin = (step * search.batch_size) % max(len(search_order), 1)
+                search_batch = search.train[search_order[begin : begin + search.batch_size]].to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                if loss_fn is not None:
+                    loss = loss_fn(batch)
+                elif search_batch is None:
+                    loss = step_model(batch)
+                else:
+                    loss = step_model(batch, search_batch, search.weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.float().backward()
             optimizer.step()
             total += float(loss.detach())
-            steps += 1
-            bar.set_postfix(loss=f"{total / steps:.4f}")
+            seen_examples += (len(batch) if batch is not None else 0) + (len(search_batch) if search_batch is not None else 0)
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         history.losses.append(total / max(steps, 1))
-        score = evaluate(model, snapshot, "valid", ks=(10,), max_history=config.max_history).metrics["ndcg@10"]
-        history.valid_ndcg.append(score)
-        if progress:
-            tqdm.write(f"{model.name} epoch {epoch + 1}: loss {history.losses[-1]:.4f}  valid ndcg@10 {score:.4f}")
+        scores = []
+        if has_rec:
+            score = evaluate(model, snapshot, "valid", ks=(10,), max_history=config.max_history).metrics["ndcg@10"]
+            history.valid_ndcg.append(score)
+            scores.append(score)
+        if search is not None:
+            search_score = search.validate(model)
+            history.valid_search_ndcg.append(search_score)
+            scores.append(search_score)
+        score = sum(scores) / len(scores)
+        if progress and rank == 0:
+            parts = [f"valid ndcg@10 {history.valid_ndcg[-1]:.4f}"] if has_rec else []
+            parts += [f"search ndcg@10 {history.valid_search_ndcg[-1]:.4f}"] if search is not None else []
+            tqdm.write(f"{model.name} epoch {epoch + 1}: loss {history.losses[-1]:.4f}  " + "  ".join(parts))
         if score > best_score:
             best_score, stale, history.best_epoch = score, 0, epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -117,5 +219,18 @@ def fit(model: Recommender, snapshot: GraphSnapshot, config: TrainConfig, progre
     if best_state is not None:
         model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - start
+    history.examples_per_second = seen_examples * world / max(history.seconds, 1e-9)
     model.set_graph(train_graph)
+    if getattr(model, "text_tower", None) is not None:
+        model.eval()
+        model.refresh_text()  # the text cache of the restored tower weights
     return history
+
+
+def _min_over_ranks(value: int, device: torch.device) -> int:
+    """The smallest ``value`` over all ranks (every rank must take the same number of steps)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([value], device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())

@@ -1,0 +1,155 @@
+"""Search from the fused scorer: graded listwise loss, personalisation, multi-task training,
+the search graph's leakage guard and the evaluation protocols."""
+import pandas as pd
+import pytest
+import torch
+
+from fusion.data import SearchBatch
+from fusion.experiment import build_model
+from fusion.models import QUERY_EDGE, REV_QUERY_EDGE, FusedConfig, FusedRecommender, drop_pairs
+from fusion.search import (
+    SearchTask,
+    anonymous,
+    category_path_examples,
+    category_query,
+    evaluate_search,
+    judged_examples,
+    model_scores,
+    search_graph,
+)
+from fusion.train import TrainConfig, fit
+
+D = 16
+
+
+@pytest.fixture(scope="module")
+def text_features(tiny_snapshot):
+    return torch.randn(tiny_snapshot.num_products, D, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def personal(tiny_snapshot, text_features):
+    """Category-path search examples; each product's query vector is random (unrelated to its
+    text), so only training can map queries to products."""
+    g = torch.Generator().manual_seed(3)
+    queries = torch.randn(text_features.shape, generator=g)
+    texts = [f"query {i}" for i in range(tiny_snapshot.num_products)]
+    return {s: category_path_examples(tiny_snapshot, s, texts, queries, max_history=5) for s in ("train", "valid", "test")}
+
+
+def _fused(snapshot, text, **kw):
+    return build_model("fused", snapshot, text, FusedConfig(graph_dim=8, max_history=5, **kw))
+
+
+def test_category_query_drops_the_root():
+    assert category_query(["Industrial & Scientific", "Lab", "Tubes"]) == "Lab Tubes"
+    assert category_query(["Tools"]) == "Tools"
+    assert category_query([]) == ""
+
+
+def test_drop_pairs_removes_exactly_the_pairs_and_mirrors():
+    edges = {("a", "r", "b"): torch.tensor([[0, 0, 1, 2], [1, 2, 2, 0]]), ("b", "rev_r", "a"): torch.tensor([[1, 2, 2, 0], [0, 0, 1, 2]])}
+    out = drop_pairs(edges, ("a", "r", "b"), ("b", "rev_r", "a"), torch.tensor([0, 2, -1]), torch.tensor([2, 0, 1]))
+    assert out[("a", "r", "b")].tolist() == [[0, 1], [1, 2]]
+    assert out[("b", "rev_r", "a")].tolist() == [[1, 2], [0, 1]]
+    assert edges[("a", "r", "b")].shape[1] == 4  # input untouched
+
+
+def test_graded_listwise_loss_value(tiny_snapshot, text_features):
+    model = _fused(tiny_snapshot, text_features)
+    model.set_graph(tiny_snapshot.message_passing("train"))
+    model.eval()
+    batch = SearchBatch(
+        queries=text_features[:2], products=torch.tensor([[0, 1, -1], [2, 3, 4]]),
+        grades=torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+        users=torch.tensor([-1, -1]), history=torch.full((2, 5), -1), query_nodes=torch.tensor([-1, -1]),
+    )
+    logits = model.search_logits(batch)
+    logp = torch.log_softmax(logits[0], dim=0)
+    expected = -(3 / 4 * logp[0] + 1 / 4 * logp[1])  # gains 2^2-1=3 and 2^1-1=1; query 2 has no gain
+    assert torch.allclose(model.search_loss(batch), expected, atol=1e-5)
+
+
+def test_untrained_search_is_text_cosine_and_personalisation_starts_off(tiny_snapshot, text_features, personal):
+    model = _fused(tiny_snapshot, text_features)
+    model.set_graph(tiny_snapshot.message_passing("train"))
+    model.eval()
+    batch = personal["valid"]
+    personal_scores = model.search_logits(batch)
+    assert torch.allclose(personal_scores, model.search_logits(anonymous(batch)))
+    q = torch.nn.functional.normalize(batch.queries, dim=-1)
+    p = torch.nn.functional.normalize(text_features, dim=-1)
+    assert torch.allclose(personal_scores, q @ p.T / model.config.temperature, atol=1e-4)
+    assert torch.isfinite(personal_scores).all()
+
+
+def test_multitask_training_learns_search_and_keeps_one_product_tower(tiny_snapshot, text_features, personal):
+    model = _fused(tiny_snapshot, text_features)
+    task = SearchTask(train=personal["train"], valid=personal["valid"], batch_size=16, exclude_history=True)
+    model.set_graph(tiny_snapshot.message_passing("train"))
+    before = evaluate_search(model_scores(model), personal["train"], protocol="full")["ndcg@10"]
+    history = fit(model, tiny_snapshot, TrainConfig(epochs=15, batch_size=16, lr=1e-2, patience=15, max_history=5), progress=False, search=task)
+    assert len(history.valid_search_ndcg) == len(history.losses) == len(history.valid_ndcg)
+    assert history.losses[-1] < history.losses[0]
+    after = evaluate_search(model_scores(model), personal["train"], protocol="full")["ndcg@10"]
+    assert after > before
+    assert float(model.search_user_weight.detach().abs()) > 0  # personalisation was learned
+    # search and recommendation rank against the same product vectors
+    model.eval()
+    q = torch.nn.functional.normalize(model.query_vectors(personal["test"].queries), dim=-1)
+    assert torch.allclose(model.search_logits(anonymous(personal["test"])), q @ model.product_embeddings().T / model.config.temperature, atol=1e-4)
+
+
+def test_evaluate_search_protocols_and_history_exclusion():
+    products = torch.tensor([[1, 2, -1], [0, 3, 4]])
+    batch = SearchBatch(
+        queries=torch.zeros(2, 4), products=products, grades=torch.tensor([[1.0, 2.0, 0.0], [2.0, 0.0, 1.0]]),
+        users=torch.tensor([0, 1]), history=torch.tensor([[2], [-1]]), query_nodes=torch.tensor([-1, -1]),
+    )
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.1, 0.2], [0.5, 0.1, 0.1, 0.9, 0.8]])
+    rerank = evaluate_search(scores, batch, ks=(10,), protocol="rerank")
+    # q0 ranks 1 (g1) over 2 (g2): dcg = 1 + 3/log2(3), ideal = 3 + 1/log2(3)
+    import math
+
+    q0 = (1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3))
+    q1 = (0 + 1 / math.log2(3) + 3 / 2) / (3 + 1 / math.log2(3))  # ranks 3 (g0), 4 (g1), 0 (g2)
+    assert rerank["ndcg@10"] == pytest.approx((q0 + q1) / 2, abs=1e-5)
+    full = evaluate_search(scores, batch, ks=(2,), protocol="full", exclude_history=True)
+    # q0 without product 2 (history): top-2 = [1, 4] -> dcg 1; ideal 3 + 1/log2(3)
+    assert full["ndcg@2"] == pytest.approx((1 / (3 + 1 / math.log2(3)) + (1 / math.log2(3)) / (3 + 1 / math.log2(3))) / 2, abs=1e-5)
+
+
+def test_search_graph_holds_only_train_judgements_and_training_hides_the_batch(tiny_snapshot, text_features):
+    P = tiny_snapshot.num_products
+    frame = pd.DataFrame({
+        "query_id": ["a", "a", "b", "c", "c"], "query": ["qa", "qa", "qb", "qc", "qc"],
+        "product": [0, 1, 2, 3, 4], "grade": [2.0, 0.0, 1.0, 2.0, 1.0],
+    })
+    train_nodes = {"a": 0, "b": 1}  # "c" is a test query
+    graph = search_graph(tiny_snapshot.message_passing("train"), frame, train_nodes)
+    assert graph[QUERY_EDGE].edge_index.tolist() == [[0, 1], [0, 2]]  # grade 0 and test query left out
+    assert graph[REV_QUERY_EDGE].edge_index.tolist() == [[0, 2], [0, 1]]
+    qvec = torch.randn(3, D, generator=torch.Generator().manual_seed(2))
+    model = FusedRecommender(
+        tiny_snapshot.num_users, P, FusedConfig(graph_dim=8, max_history=5), text_features=text_features,
+        num_nodes={**tiny_snapshot.num_nodes, "query": 2}, edge_types=list(graph.edge_types),
+        node_features={"query": qvec[:2]},
+    )
+    model.set_graph(graph)
+    train = judged_examples(frame[frame.query_id.isin(train_nodes)], qvec, {"a": 0, "b": 1, "c": 2}, train_nodes)
+    assert train.query_nodes.tolist() == [0, 1] and train.products.tolist() == [[0, 1], [2, -1]]
+    seen = {}
+    original = model.graph.forward
+
+    def spy(edges, features=None, **kw):
+        seen["edges"] = edges
+        return original(edges, features, **kw)
+
+    model.graph.forward = spy
+    model.train()
+    model.search_loss(train)
+    assert seen["edges"][QUERY_EDGE].shape[1] == 0  # both judged edges belong to the batch
+    model.eval()
+    model._cache = None
+    model.search_logits(train)
+    assert seen["edges"][QUERY_EDGE].shape[1] == 2
