@@ -194,8 +194,14 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact folder."),
     as_json: bool = JSON,
 ) -> None:
-    """Train a model on an embedded store and save it as an artifact."""
+    """Train a model on an embedded store and save it as an artifact.
+
+    Under ``torchrun --nproc-per-node N -m kgrec.cli train ...`` the N processes train one
+    model with DistributedDataParallel (NCCL on GPUs, gloo on CPU); rank 0 writes the artifact.
+    """
     from dataclasses import asdict
+
+    from fusion.distributed import barrier, init_distributed, shutdown
 
     from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
     from fusion.artifact import save_artifact
@@ -214,23 +220,34 @@ def train(
         raise typer.BadParameter(f"{store_dir} is not an embedded store (run `kgrec ingest` first)", param_hint="--store")
     _quiet_transformers()
     start = time.perf_counter()
+    rank, world = init_distributed()
     store = EmbeddedStore(store_dir)
     snapshot = export_snapshot(store)
     encoder = text = None
     if model in TEXT_MODELS:
         encoder = TextEncoder(TextEncoderConfig(model_path=str(text_model) if text_model else None))
-        text = encoder.encode(snapshot.product_text, cache=EmbeddingCache(cache or out.parent / "text-cache"), progress=not as_json)
+        text_cache = EmbeddingCache(cache or out.parent / "text-cache")
+        for turn in (0, 1):  # rank 0 fills the cache, then the others read it
+            if (rank == 0) == (turn == 0):
+                text = encoder.encode(snapshot.product_text, cache=text_cache, progress=not as_json and rank == 0)
+            barrier()
+    torch_seed(seed)
     net = build_model(model, snapshot, text, FusedConfig(graph_dim=graph_dim))
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, device=device, seed=seed)
-    history = fit(net, snapshot, config, progress=not as_json)
+    history = fit(net, snapshot, config, progress=not as_json and rank == 0)
+    if rank != 0:
+        shutdown()
+        return
     metrics = {
         "valid": evaluate(net, snapshot, "valid", (10, 20), config.max_history).metrics,
         "test": evaluate(net, snapshot, "test", (10, 20), config.max_history).metrics,
         "train_seconds": round(history.seconds, 2),
         "epochs": len(history.losses),
         "best_epoch": history.best_epoch + 1,
+        "world_size": world,
     }
     net.cpu()
+    shutdown()
     save_artifact(net, snapshot, out, text_encoder=encoder, max_history=config.max_history,
                   products=store.nodes("Product"), metrics=metrics,
                   extra={"train": asdict(config), "store": str(store_dir)}, overwrite=overwrite)
@@ -245,6 +262,13 @@ def train(
         table.add_row(split, *(f"{metrics[split][c]:.4f}" for c in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")))
     console.print(table)
     console.print(f"{metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s training), total {time.perf_counter() - start:.0f} s")
+
+
+def torch_seed(seed: int) -> None:
+    """Seed model initialisation (identical replicas on every rank under torchrun)."""
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def update(

@@ -65,6 +65,11 @@ def tiny_bert_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_tables():
+    """Session-wide :func:`build_tiny_tables`."""
+    return build_tiny_tables()
+
+
+def build_tiny_tables():
     """A catalogue of 24 products (3 brands, a 2-level category tree) and 10 users
     with 6 purchases each, drawn with a fixed seed."""
     import numpy as np
