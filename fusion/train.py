@@ -75,13 +75,16 @@ class TrainConfig:
 
 @dataclass
 class TrainHistory:
-    """What happened during :func:`fit`."""
+    """What happened during :func:`fit`: per-epoch losses and validation scores, the best
+    epoch, wall seconds in all (``seconds``) and in training steps alone (``train_seconds``,
+    which ``examples_per_second`` divides by)."""
 
     losses: list[float] = field(default_factory=list)
     valid_ndcg: list[float] = field(default_factory=list)
     best_epoch: int = -1
     seconds: float = 0.0
     valid_search_ndcg: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
     examples_per_second: float = 0.0
 
 
@@ -95,6 +98,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def parameter_groups(model: Recommender, lr: float) -> list[dict]:
+    """Trainable parameters; a fine-tuned text tower gets its own learning rate
+    (``text_tower.config.learning_rate()``: BERT weights want a far smaller step)."""
+    tower = getattr(model, "text_tower", None)
+    tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tower_ids]
+    groups = [{"params": rest, "lr": lr}]
+    if tower is not None:
+        trained = [p for p in tower.parameters() if p.requires_grad]
+        if trained:
+            groups.append({"params": trained, "lr": tower.config.learning_rate()})
+    return groups
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -150,17 +167,18 @@ def fit(
             raise ValueError("neighbor_sampling trains recommendation only, in one process")
         loss_fn = SampledFusedLoss(model, train_graph, config.neighbor_sampling, config.num_negatives, seed=config.seed)
     amp = autocast_dtype(config, device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                 weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(parameter_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay)
     best_state, best_score, stale = None, -1.0, 0
     start = time.perf_counter()
     seen_examples = 0
     generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
+    tuned_text = getattr(model, "text_tower", None) is not None and getattr(model.text_tower, "trainable", False)
     for epoch in range(config.epochs):
+        epoch_start = time.perf_counter()
         model.set_graph(train_graph)
         if loss_fn is not None:
             loss_fn.set_graph(train_graph)
-        if getattr(model, "text_tower", None) is not None and getattr(model.text_tower, "trainable", False):
+        if epoch == 0 and tuned_text:
             model.refresh_text(progress=progress and rank == 0)
         model.train()
         rec_order = torch.randperm(len(examples), generator=generator)[rank::world] if has_rec else None
@@ -193,6 +211,10 @@ def fit(
             seen_examples += (len(batch) if batch is not None else 0) + (len(search_batch) if search_batch is not None else 0)
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         history.losses.append(total / max(steps, 1))
+        history.train_seconds += time.perf_counter() - epoch_start
+        if tuned_text:  # products not in a batch still hold the vectors of the epoch's start
+            model.eval()
+            model.refresh_text(progress=progress and rank == 0)
         scores = []
         if has_rec:
             score = evaluate(model, snapshot, "valid", ks=(10,), max_history=config.max_history).metrics["ndcg@10"]
@@ -219,7 +241,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - start
-    history.examples_per_second = seen_examples * world / max(history.seconds, 1e-9)
+    history.examples_per_second = seen_examples * world / max(history.train_seconds, 1e-9)
     model.set_graph(train_graph)
     if getattr(model, "text_tower", None) is not None:
         model.eval()

@@ -128,10 +128,11 @@ def leave_one_out(interactions: pd.DataFrame) -> pd.Series:
     return pd.Series(split, index=interactions.index, name="split")
 
 
-def export_snapshot(store: GraphStore) -> GraphSnapshot:
+def export_snapshot(store: GraphStore, require_interactions: bool = True) -> GraphSnapshot:
     """Read the whole graph out of ``store`` into a :class:`GraphSnapshot`.
 
-    Ids are sorted, so the same graph always gives the same indices.
+    Ids are sorted, so the same graph always gives the same indices. A catalogue with no
+    interactions (e.g. search judgements only) needs ``require_interactions=False``.
     """
     id_maps: dict[str, list[str]] = {}
     index: dict[str, dict[str, int]] = {}
@@ -187,7 +188,10 @@ def export_snapshot(store: GraphStore) -> GraphSnapshot:
             )
         )
     if not parts:
-        raise ValueError("the store holds no interactions: nothing to train or evaluate on")
+        if require_interactions:
+            raise ValueError("the store holds no interactions: nothing to train or evaluate on")
+        parts.append(pd.DataFrame({"user": pd.Series(dtype="int64"), "product": pd.Series(dtype="int64"),
+                                   "order": pd.Series(dtype="int64"), "rel": pd.Series(dtype=str)}))
     inter = pd.concat(parts, ignore_index=True)
     if inter[["user", "product"]].isna().any().any():
         raise ValueError("an interaction names a user or product that is not a node of the graph")

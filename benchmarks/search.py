@@ -1,0 +1,108 @@
+"""Search on Home Depot: BM25, the untrained encoder, text-only, graph-only and the fused
+scorer in each knowledge-sedimentation mode of its BERT, in one run, on one query-disjoint split.
+
+Usage (repository root, kgrec's venv)::
+
+    python benchmarks/search.py                                   # frozen modes, CPU or CUDA (auto)
+    python benchmarks/search.py --modes frozen,lora,ia3,prompt,full --device cuda
+    python benchmarks/search.py --max-train-queries 2000 --modes frozen,lora   # a shorter CPU run
+
+The data (``../shared/data/homedepot-search/train.csv.zip``, Kaggle rules: never committed)
+is converted to kgrec tables, ingested into an embedded knowledge graph and split by query
+(80/10/10, seed 0): no test query is seen in training, and only train queries enter the
+message-passing graph (as nodes with ``judged`` edges to their relevant products).
+
+Reported per model on the test queries, two protocols: ``full`` ranks all 54,667 products
+(unjudged products gain 0), ``rerank`` orders each query's judged products. NDCG@10 uses
+gains ``2^grade - 1`` with grade = raters' mean - 1 (0..2); MRR@10 and MAP@10 count grade >= 1
+(mean rating >= 2) as relevant. Prints a markdown table and writes JSON (default
+``benchmarks/results/search_homedepot.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "homedepot-search" / "train.csv.zip"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Home Depot train.csv(.zip)")
+    parser.add_argument("--models", default="bm25,text-zero-shot,text-only,graph-only,fused")
+    parser.add_argument("--modes", default="frozen", help="sedimentation modes of the fused model: frozen,full,lora,ia3,prompt")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the non-BERT parameters")
+    parser.add_argument("--batch-size", type=int, default=128, help="queries per step")
+    parser.add_argument("--max-train-queries", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=32, help="BERT tokens per text")
+    parser.add_argument("--text-model", type=Path, default=None, help="local BERT directory (default: packaged MiniLM)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None, help="tables/store/cache folder (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_homedepot.json")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not args.data.exists():
+        print(f"Home Depot data not found at {args.data} (pass --data)", file=sys.stderr)
+        return 2
+
+    from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+    from fusion.models import FusedConfig
+    from fusion.search_experiment import SearchBenchmarkConfig, homedepot_data, run_search_benchmark, search_results_markdown
+    from fusion.train import TrainConfig, resolve_device
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-search-"))
+    start = time.perf_counter()
+    data = homedepot_data(args.data, workdir / "homedepot", seed=args.seed)
+    prepared = time.perf_counter() - start
+    device = resolve_device(args.device)
+    encoder = TextEncoder(TextEncoderConfig(model_path=str(args.text_model) if args.text_model else None,
+                                            max_length=args.max_length, batch_size=256))
+    encoder.to(device)
+    config = SearchBenchmarkConfig(
+        models=tuple(m for m in args.models.split(",") if m),
+        modes=tuple(m for m in args.modes.split(",") if m),
+        train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed,
+                          device=args.device, precision=args.precision),
+        batch_size=args.batch_size,
+        fused=FusedConfig(graph_text_input=True, personalize_search=False),
+        max_train_queries=args.max_train_queries,
+    )
+    results = run_search_benchmark(data, encoder, config, cache=EmbeddingCache(workdir / "text-cache"))
+    table = search_results_markdown(results)
+    print(table)
+    payload = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "data": {"counts": data.counts, "queries": data.queries["split"].value_counts().to_dict(),
+                 "products": data.snapshot.num_products, "prepare_seconds": round(prepared, 1)},
+        "config": {"models": config.models, "modes": config.modes, "train": asdict(config.train),
+                   "batch_size": config.batch_size, "max_train_queries": config.max_train_queries,
+                   "max_length": args.max_length},
+        "results": [asdict(r) for r in results],
+        "table": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2, default=str))
+    print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
