@@ -40,7 +40,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "homedepot-search" / "train.csv
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Home Depot train.csv(.zip)")
-    parser.add_argument("--models", default="bm25,text-zero-shot,text-only,graph-only,fused")
+    parser.add_argument("--models", default="random,bm25,text-zero-shot,text-only,graph-only,fused")
     parser.add_argument("--modes", default="frozen", help="sedimentation modes of the fused model: frozen,full,lora,ia3,prompt")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=2)

@@ -178,8 +178,6 @@ def fit(
         model.set_graph(train_graph)
         if loss_fn is not None:
             loss_fn.set_graph(train_graph)
-        if epoch == 0 and tuned_text:
-            model.refresh_text(progress=progress and rank == 0)
         model.train()
         rec_order = torch.randperm(len(examples), generator=generator)[rank::world] if has_rec else None
         search_order = torch.randperm(len(search.train), generator=generator)[rank::world] if search is not None else None
@@ -242,10 +240,7 @@ def fit(
         model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - start
     history.examples_per_second = seen_examples * world / max(history.train_seconds, 1e-9)
-    model.set_graph(train_graph)
-    if getattr(model, "text_tower", None) is not None:
-        model.eval()
-        model.refresh_text()  # the text cache of the restored tower weights
+    model.set_graph(train_graph)  # the restored ``text`` buffer was refreshed with the restored tower
     return history
 
 
