@@ -383,6 +383,11 @@ class Scorer:
                     encoder.model_path,
                     f"text encoder fingerprint {encoder.fingerprint} differs from the artifact's {info['fingerprint']}",
                 )
+            tuning = self.artifact.config.get("text_tuning", {"mode": "frozen"})
+            if tuning.get("mode", "frozen") != "frozen":  # queries and new products go through the tuned tower
+                from encoders.tuning import TunedTextEncoder
+
+                encoder = TunedTextEncoder.load(self.artifact.path / "text_tower", encoder)
             self._encoder = encoder.to(self.device).eval()
         return self._encoder
 
@@ -398,13 +403,18 @@ class Scorer:
         user_id: str | None = None,
         filters: Mapping[str, Any] | None = None,
         session: Sequence[str] | None = None,
-        user_weight: float = 0.3,
+        user_weight: float | None = None,
     ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """Products for a text query (or a list of queries), best first, by cosine.
 
         With ``user_id`` (and/or ``session``) the query vector leans towards that user
-        (see the module docstring). Returns one list for a string, a list of lists for a list.
+        (see the module docstring) by ``user_weight``: default the weight the model learned
+        in search training (``search_user_weight``), 0.3 for a model never trained to search.
+        Returns one list for a string, a list of lists for a list.
         """
+        if user_weight is None:
+            learned = getattr(self.model, "search_user_weight", None)
+            user_weight = float(learned.detach()) if learned is not None and float(learned.detach()) != 0.0 else 0.3
         single = isinstance(query, str)
         queries = [query] if single else [str(q) for q in query]
         if not queries or any(not q.strip() for q in queries):

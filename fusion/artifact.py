@@ -19,6 +19,8 @@ Layout (format version 1)::
       interactions.parquet the visible interactions (train + valid): user, product, order,
                            rel, split (each user's history, most recent last)
       metrics.json         optional: whatever the trainer reported
+      text_tower/          only for a fine-tuned text encoder: tuning.json (mode, peft settings,
+                           base-model fingerprint) + tuned.safetensors (only the tuned weights)
 
 No pickle: tensors go through ``safetensors``, tables through Parquet, the rest is JSON.
 :func:`load_artifact` checks the format version, the config checksum, every file's
@@ -60,6 +62,7 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 SERVING = "serving.safetensors"
+TEXT_TOWER = "text_tower"  # folder of a fine-tuned text encoder: tuning.json + tuned.safetensors
 PRODUCTS = "products.parquet"
 CATEGORIES = "categories.parquet"
 STRUCTURE = "structure.parquet"
@@ -101,6 +104,10 @@ def _init_args(model: Recommender) -> dict[str, Any]:
             enc = model.graph
             init["num_nodes"] = {t: int(e.num_embeddings) for t, e in enc.embedding.items()}
             init["edge_types"] = [list(e) for e in enc.edge_types]
+        if hasattr(model, "query_proj"):
+            init["query_dim"] = int(model.query_proj.in_features)
+        if model.feature_types:
+            init["node_feature_dims"] = {t: int(getattr(model, f"features_{t}").shape[1]) for t in model.feature_types}
     elif isinstance(model, TextZeroShot):
         init["text_dim"] = int(model.text.shape[1])
     return init
@@ -131,11 +138,15 @@ def build_from_config(
 
     if class_name == "FusedRecommender":
         cfg = FusedConfig(**config)
+        num_nodes = {k: int(v) for k, v in init["num_nodes"].items()} if cfg.use_graph else None
+        features = {t: torch.zeros(num_nodes[t], int(d)) for t, d in init.get("node_feature_dims", {}).items()}
         return FusedRecommender(
             users, products, cfg,
             text_features=text() if cfg.use_text else None,
-            num_nodes={k: int(v) for k, v in init["num_nodes"].items()} if cfg.use_graph else None,
+            num_nodes=num_nodes,
             edge_types=[tuple(e) for e in init["edge_types"]] if cfg.use_graph else None,
+            query_dim=init.get("query_dim"),
+            node_features=features or None,
         )
     if class_name == "MatrixFactorization":
         return MatrixFactorization(users, products, **config)
@@ -276,13 +287,18 @@ def save_artifact(
     model.eval()
     model.set_graph(snapshot.message_passing(SERVING_SPLIT))
     state = model.serving_state()
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    # a fine-tuned text tower is saved on its own (only its tuned weights, :mod:`encoders.tuning`)
+    tower = getattr(model, "text_tower", None)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+               if not k.startswith("text_tower.")}
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file(weights, str(tmp / WEIGHTS))
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / SERVING))
+        if tower is not None and tower.mode != "frozen":
+            tower.save(tmp / TEXT_TOWER)
         (tmp / "ids").mkdir()
         node_types = sorted(set(ID_TYPES) | set(snapshot.id_maps))
         for t in node_types:
@@ -320,6 +336,7 @@ def save_artifact(
                 "visible_interactions": int(len(visible)),
             },
             "text_encoder": _text_encoder_info(text_encoder),
+            "text_tuning": tower.config.to_dict() if tower is not None else {"mode": "frozen"},
             "serving_keys": {k: list(v.shape) for k, v in state.items()},
             "files": {f: _sha256(tmp / f) for f in files},
             "extra": extra or {},

@@ -153,3 +153,45 @@ def test_search_graph_holds_only_train_judgements_and_training_hides_the_batch(t
     model._cache = None
     model.search_logits(train)
     assert seen["edges"][QUERY_EDGE].shape[1] == 2
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_search_model_round_trips_through_an_artifact(tiny_snapshot, tiny_bert_dir, tmp_path, mode):
+    """A search-trained model with a (tuned) text tower: saved, loaded, and the Scorer's
+    search ranks as the trained model does."""
+    from encoders.text import TextEncoder, TextEncoderConfig
+    from encoders.tuning import TextTuningConfig, TunedTextEncoder
+    from fusion.api import Scorer
+    from fusion.artifact import load_artifact, save_artifact
+
+    encoder = TextEncoder(TextEncoderConfig(model_path=tiny_bert_dir))
+    texts = list(tiny_snapshot.product_text)
+    text = encoder.encode(texts)
+    tower = TunedTextEncoder(encoder, TextTuningConfig(mode=mode)) if mode != "frozen" else None
+    model = FusedRecommender(
+        tiny_snapshot.num_users, tiny_snapshot.num_products, FusedConfig(graph_dim=8, max_history=5),
+        text_features=text, num_nodes=tiny_snapshot.num_nodes, edge_types=list(tiny_snapshot.message_passing("train").edge_types),
+        text_tower=tower, product_texts=texts if tower is not None else None,
+    )
+    queries = ["drill kit", "red gloves", "blue tape"]
+    qvec = encoder.encode(queries)
+    batch = SearchBatch(qvec, torch.tensor([[0], [7], [13]]), torch.ones(3, 1), torch.full((3,), -1),
+                        torch.full((3, 5), -1), torch.full((3,), -1), queries)
+    task = SearchTask(train=batch, valid=batch, batch_size=3)
+    fit(model, tiny_snapshot, TrainConfig(epochs=2, batch_size=16, lr=1e-2, patience=5, max_history=5), progress=False, search=task)
+    if tower is not None:
+        assert any(not torch.equal(a, b) for a, b in zip(tower.tuned_state_dict().values(),
+                                                          TunedTextEncoder(encoder, TextTuningConfig(mode=mode)).tuned_state_dict().values()))
+    save_artifact(model, tiny_snapshot, tmp_path / "art", text_encoder=encoder, max_history=5)
+    assert (tmp_path / "art" / "text_tower").is_dir() == (mode != "frozen")
+    art = load_artifact(tmp_path / "art")
+    assert art.config["text_tuning"]["mode"] == mode
+    scorer = Scorer(art)
+    found = scorer.search(queries, k=5)
+    model.eval()
+    model.set_graph(tiny_snapshot.message_passing("test"))
+    model._cache = None
+    q = tower.encode(queries) if tower is not None else qvec
+    expected = torch.topk(model.search_logits(SearchBatch(q, batch.products, batch.grades, batch.users, batch.history, batch.query_nodes)), 5).indices
+    ids = tiny_snapshot.id_maps["product"]
+    assert [[pid for pid, _ in row] for row in found] == [[ids[i] for i in row] for row in expected.tolist()]
