@@ -1,7 +1,8 @@
-"""Graph encoders over PyG graphs (full batch; no compiled samplers needed).
+"""Graph encoders over PyG graphs (full batch or sampled subgraphs; no compiled samplers needed).
 
 * :class:`HeteroGraphEncoder`: a heterogeneous GraphSAGE over the whole knowledge
-  graph (products, users, categories, brands and every relation between them).
+  graph (products, users, categories, brands and every relation between them), or
+  over a sampled subgraph of it (``n_id``; see :mod:`encoders.sampling`).
 * :class:`LightGCNEncoder`: LightGCN over the user–product bipartite graph.
 
 Both take message-passing edges only (``edge_index``); what they are trained to
@@ -60,18 +61,34 @@ class HeteroGraphEncoder(nn.Module):
         self,
         edge_index_dict: dict[EdgeType, torch.Tensor],
         features: dict[str, torch.Tensor] | None = None,
+        n_id: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Node representations per type, ``{type: [N_t, dim]}``.
+        """Node representations per type, ``{type: [N_t, dim]}`` (``[n_t, dim]`` with ``n_id``).
 
         Args:
             edge_index_dict: ``{edge_type: [2, E]}``; types absent here send no messages.
-            features: ``{type: [N_t, input_dim]}`` for the types given in ``input_dims``.
+                With ``n_id`` the ids are local (rows of ``n_id[src]`` / ``n_id[dst]``).
+            features: ``{type: [N_t, input_dim]}`` for the types given in ``input_dims``,
+                always indexed by global id (with ``n_id`` only the rows ``n_id[t]`` are read).
+            n_id: ``{type: [n_t]}`` global ids of the nodes of a subgraph (default None: the
+                whole graph). ID embeddings and features are gathered for those nodes only and
+                the output has one row per local node; a type missing here has no nodes.
+                On a :class:`~encoders.sampling.NeighborSampler` subgraph of ``num_layers`` hops
+                with every fanout ``-1`` (and every edge type present, possibly empty), the
+                seeds' rows equal their full-graph rows.
         """
-        x = {t: self.embedding[t].weight for t in self.node_types}
+        if n_id is None:
+            x = {t: self.embedding[t].weight for t in self.node_types}
+        else:
+            device = self.embedding[self.node_types[0]].weight.device
+            empty = torch.empty(0, dtype=torch.long, device=device)
+            ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
+            x = {t: self.embedding[t](ids[t]) for t in self.node_types}
         for t, proj in self.input_proj.items():
             if features is None or t not in features:
                 raise ValueError(f"node type {t!r} was built with input features; pass them")
-            x[t] = x[t] + proj(features[t])
+            feats = features[t] if n_id is None else features[t][ids[t].to(features[t].device)]
+            x[t] = x[t] + proj(feats)
         layers = [x]
         edges = {e: i for e, i in edge_index_dict.items() if tuple(e) in set(self.edge_types)}
         for i, conv in enumerate(self.convs):
