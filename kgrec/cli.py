@@ -32,6 +32,25 @@ def convert_unisrec(
 
 
 @app.command()
+def convert_homedepot(
+    source: Path = typer.Argument(..., help="Home Depot train.csv or train.csv.zip (Kaggle, latin-1)."),
+    target: Path = typer.Argument(..., help="Directory to write products.jsonl and judgements.csv."),
+) -> None:
+    """Convert the Home Depot search-relevance file into kgrec tables (then `kgrec ingest TARGET`)."""
+    from ingest.homedepot import read_homedepot, write_homedepot_tables
+
+    if not source.exists():
+        raise typer.BadParameter(f"{source} does not exist", param_hint="SOURCE")
+    data = read_homedepot(source)
+    write_homedepot_tables(data, target)
+    if len(data.rejects):
+        data.rejects.to_csv(target / "rejects.csv", index=False)
+    console.print(f"read {data.rows_read:,} rows: {len(data.judgements):,} judgements "
+                  f"({data.judgements['query_id'].nunique():,} queries) and {len(data.products):,} products to {target}; "
+                  f"{len(data.rejects):,} rejected" + (f" (listed in {target / 'rejects.csv'})" if len(data.rejects) else ""))
+
+
+@app.command()
 def demo(
     quick: bool = typer.Option(False, "--quick", help="Few epochs, for a first look in a few minutes."),
     data: Path = typer.Option(DEFAULT_DATA, help="Catalogue tables directory."),

@@ -152,3 +152,23 @@ def test_real_home_depot_file():
     assert data.rejects["reason"].tolist() == ["duplicate"] * 5
     assert len(data.judgements) == 74_062
     assert data.judgements["label"].between(1.0, 3.0).all() and data.judgements["label"].nunique() == 13
+
+
+def test_cli_convert_homedepot_writes_tables_and_rejects(tmp_path):
+    from typer.testing import CliRunner
+
+    from kgrec.cli import app
+
+    src = tmp_path / "train.csv"
+    src.write_bytes(
+        "id,product_uid,product_title,search_term,relevance\n"
+        "1,100001,Angle Bracket,angle bracket,3\n"
+        "2,100001,Angle Bracket,Angle  Bracket,2\n"
+        "3,100002,L Bracket,l bracket,4\n".encode("latin-1")
+    )
+    result = CliRunner().invoke(app, ["convert-homedepot", str(src), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "1 judgements" in result.output and "2 rejected" in result.output
+    rejects = (tmp_path / "out" / "rejects.csv").read_text()
+    assert "duplicate" in rejects and "out_of_range" in rejects
+    assert (tmp_path / "out" / "judgements.csv").read_text().count("\n") == 2
