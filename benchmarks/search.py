@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the non-BERT parameters")
-    parser.add_argument("--batch-size", type=int, default=128, help="queries per step")
+    parser.add_argument("--batch-size", type=int, default=512, help="queries per step")
     parser.add_argument("--max-train-queries", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=32, help="BERT tokens per text")
+    parser.add_argument("--cross-encoder", action="store_true", help="add a cross-encoder re-ranking stage over the last fused model")
+    parser.add_argument("--cross-encoder-queries", type=int, default=1000, help="train queries the cross-encoder learns from")
     parser.add_argument("--text-model", type=Path, default=None, help="local BERT directory (default: packaged MiniLM)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         fused=FusedConfig(graph_text_input=True, personalize_search=False),
         max_train_queries=args.max_train_queries,
+        cross_encoder=args.cross_encoder, cross_encoder_queries=args.cross_encoder_queries,
     )
     results = run_search_benchmark(data, encoder, config, cache=EmbeddingCache(workdir / "text-cache"))
     table = search_results_markdown(results)

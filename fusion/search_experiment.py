@@ -85,20 +85,26 @@ class SearchBenchmarkConfig:
         models: names from :data:`SEARCH_MODELS`.
         modes: knowledge-sedimentation modes the fused model runs in (``encoders.tuning``).
         train: trainer settings (epochs, lr of the non-BERT parts, patience, device).
-        batch_size: queries per step (default 128).
+        batch_size: queries per step (default 512: a step costs about the same for any batch, the catalogue-wide parts dominate).
         fused: architecture of the text/graph models (the search graph feeds query and
             product text into the GNN, so ``graph_text_input`` defaults to True).
         max_train_queries: train on at most this many train queries (None = all).
         ks: metric cut-offs.
+        cross_encoder: add a second stage: a cross-encoder (:mod:`fusion.rerank`) trained on
+            ``cross_encoder_queries`` train queries re-orders the last fused model's top
+            ``rerank_depth`` (full protocol) and the judged products (rerank protocol).
     """
 
     models: tuple[str, ...] = SEARCH_MODELS
     modes: tuple[str, ...] = ("frozen",)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3, patience=2))
-    batch_size: int = 128
+    batch_size: int = 512
     fused: FusedConfig = field(default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False))
     max_train_queries: int | None = None
     ks: tuple[int, ...] = (3, 10)
+    cross_encoder: bool = False
+    cross_encoder_queries: int = 1000
+    rerank_depth: int = 20
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.models if m not in SEARCH_MODELS]
@@ -165,6 +171,7 @@ def run_search_benchmark(
         return {p: evaluate_search(scores, test, ks=ks, protocol=p) for p in PROTOCOLS}
 
     results: list[SearchResult] = []
+    last_fused = None
     for name in config.models:
         start = time.perf_counter()
         if name == "random":  # the floor: the rerank protocol is near-saturated on judged lists
@@ -218,13 +225,48 @@ def run_search_benchmark(
 
                     tqdm.write(f"{model.name}: test ndcg@10 full {test_metrics['full']['ndcg@10']:.4f} "
                                f"rerank {test_metrics['rerank']['ndcg@10']:.4f} ({history.seconds:.0f} s)")
-                del model, tower
+                last_fused = (model, mode) if name == "fused" else None
+                del tower
         if progress and name in ("random", "bm25", "text-zero-shot"):
             from tqdm.auto import tqdm
 
             r = results[-1]
             tqdm.write(f"{name}: test ndcg@10 full {r.test['full']['ndcg@10']:.4f} rerank {r.test['rerank']['ndcg@10']:.4f}")
+    if config.cross_encoder and last_fused is not None:
+        results.append(_cross_encoder_row(data, encoder, config, *last_fused, train, test, score, progress))
     return results
+
+
+def _cross_encoder_row(data, encoder, config, model, mode, train, test, score, progress) -> SearchResult:
+    """Second stage: a cross-encoder re-orders the fused model's top ``rerank_depth``."""
+    from fusion.rerank import CrossEncoderConfig, CrossEncoderReranker
+
+    start = time.perf_counter()
+    subset = train[: config.cross_encoder_queries]
+    judged = subset.products >= 0
+    rows = judged.nonzero()
+    reranker = CrossEncoderReranker(encoder, CrossEncoderConfig(seed=config.train.seed))
+    reranker.to(model.device)
+    history = reranker.fit([subset.texts[int(r)] for r in rows[:, 0]], [data.titles[int(p)] for p in subset.products[judged]],
+                           subset.grades[judged], rows[:, 0], progress=progress)
+    first = model_scores(model)(test)
+    depth = min(config.rerank_depth, first.shape[1])
+    top = torch.topk(first, depth, dim=1).indices
+    ce = reranker.rerank_scores(test.texts, top, data.titles)
+    full = torch.full_like(first, float("-inf"))
+    full.scatter_(1, top, ce - ce.min() + 1.0)  # the re-ordered top-K ahead of everything else
+    judged_scores = reranker.rerank_scores(test.texts, test.products, data.titles)
+    metrics = {"full": evaluate_search(full, test, ks=config.ks, protocol="full"),
+               "rerank": evaluate_search(judged_scores, test, ks=config.ks, protocol="rerank")}
+    trainable = sum(p.numel() for p in reranker.parameters() if p.requires_grad)
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"cross-encoder over {model.name}: test ndcg@10 full {metrics['full']['ndcg@10']:.4f} "
+                   f"rerank {metrics['rerank']['ndcg@10']:.4f}")
+    return SearchResult(f"{model.name} + cross-encoder@{depth}", reranker.config.tuning.mode, metrics, None,
+                        round(time.perf_counter() - start, 1), trainable, reranker.config.epochs,
+                        {"train_queries": len(subset), "fit": {k: v for k, v in history.items() if k != "loss"}})
 
 
 def search_results_markdown(results: list[SearchResult], k: int = 10) -> str:
