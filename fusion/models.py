@@ -394,6 +394,13 @@ class FusedRecommender(Recommender):
         config: :class:`FusedConfig`.
         text_features: ``[P, d_text]`` product text vectors (frozen), required when ``use_text``.
         num_nodes, edge_types: knowledge-graph node counts and edge types, required when ``use_graph``.
+        query_dim: text-vector size of queries for a graph-only model (a linear query tower).
+        node_features: ``{type: [N_t, d]}`` input features of other node types (e.g. the
+            ``query`` nodes of a search graph), fed to the GNN.
+        text_tower: a trainable text encoder (:class:`encoders.tuning.TunedTextEncoder`): in
+            training the batch's products and queries are re-encoded with grad, the rest of the
+            catalogue comes from the ``text`` cache (:meth:`refresh_text`). None = frozen text.
+        product_texts: ``[P]`` product strings the text tower reads (required with it).
     """
 
     name = "fused"
@@ -507,8 +514,9 @@ class FusedRecommender(Recommender):
 
     @torch.no_grad()
     def refresh_text(self, batch_size: int | None = None, progress: bool = False) -> None:
-        """Re-encode every product title with the text tower into the ``text`` cache
-        (the trainer calls it before each epoch and after restoring the best weights)."""
+        """Re-encode every product title with the text tower into the ``text`` cache (the
+        trainer calls it after each epoch, before validation; the buffer is saved with the
+        weights, so restoring the best epoch restores its matching cache)."""
         if self.text_tower is None:
             return
         vectors = self.text_tower.encode(self.product_texts, batch_size=batch_size, progress=progress)
