@@ -444,6 +444,7 @@ class FusedRecommender(Recommender):
             if product_texts is None or len(product_texts) != num_products:
                 raise ValueError("a text_tower needs product_texts, one per product")
         self.text_tower = text_tower
+        self._fresh_rows: torch.Tensor | None = None
         self.product_texts = list(product_texts) if product_texts is not None else None
         if config.use_graph:
             if num_nodes is None or edge_types is None:
@@ -505,10 +506,12 @@ class FusedRecommender(Recommender):
         """With a trainable text tower in training: the text matrix with the rows of
         ``products`` re-encoded (with grad); the other rows come from the cache
         :meth:`refresh_text` fills. None otherwise (use the cache as it is)."""
+        self._fresh_rows = None
         tower = self.text_tower
         if tower is None or not self.training or not getattr(tower, "trainable", False):
             return None
         rows = torch.unique(products[products >= 0])
+        self._fresh_rows = rows
         vectors = F.normalize(tower([self.product_texts[i] for i in rows.tolist()]).float(), dim=-1)
         return self.text.index_put((rows.to(self.text.device),), vectors.to(self.text.device))
 
@@ -548,8 +551,21 @@ class FusedRecommender(Recommender):
         users = self._users(batch, products, user_nodes)
         return F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
 
+    def _in_batch(self, logits: torch.Tensor, products: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With a trainable text tower in training, keep only the columns of the products
+        re-encoded this step (in-batch negatives): the cached rows were encoded by an older
+        tower, and a softmax that mixes them lets the tower tell fresh from stale instead of
+        relevant from not. ``products`` are remapped to column positions (-1 stays -1)."""
+        rows = self._fresh_rows if self.training else None
+        if rows is None:
+            return logits, products
+        rows = rows.to(logits.device)
+        position = torch.searchsorted(rows, products.clamp(min=0))
+        return logits[:, rows], torch.where(products >= 0, position, products)
+
     def loss(self, batch: RecBatch) -> torch.Tensor:
-        return F.cross_entropy(self._logits(batch), batch.targets)
+        logits, targets = self._in_batch(self._logits(batch), batch.targets)
+        return F.cross_entropy(logits, targets)
 
     def score_all(self, batch: RecBatch) -> torch.Tensor:
         return self._logits(batch)
@@ -610,7 +626,8 @@ class FusedRecommender(Recommender):
         if not bool(keep.any()):
             return logits.sum() * 0.0
         target = gains / total.clamp(min=1e-12).unsqueeze(1)
-        picked = torch.log_softmax(logits.float(), dim=-1).gather(1, batch.products.clamp(min=0))
+        logits, products = self._in_batch(logits, batch.products)
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(1, products.clamp(min=0))
         return -(target * picked).sum(1)[keep].mean()
 
     def search_loss(self, batch: SearchBatch) -> torch.Tensor:
@@ -628,7 +645,8 @@ class FusedRecommender(Recommender):
         if batch is not None and len(batch):
             users = self._users(batch, products, user_nodes)
             logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
-            loss = loss + F.cross_entropy(logits, batch.targets)
+            logits, targets = self._in_batch(logits, batch.targets)
+            loss = loss + F.cross_entropy(logits, targets)
         return loss
 
     @torch.no_grad()

@@ -195,3 +195,33 @@ def test_search_model_round_trips_through_an_artifact(tiny_snapshot, tiny_bert_d
     expected = torch.topk(model.search_logits(SearchBatch(q, batch.products, batch.grades, batch.users, batch.history, batch.query_nodes)), 5).indices
     ids = tiny_snapshot.id_maps["product"]
     assert [[pid for pid, _ in row] for row in found] == [[ids[i] for i in row] for row in expected.tolist()]
+
+
+def test_trainable_tower_trains_on_in_batch_negatives(tiny_snapshot, tiny_bert_dir):
+    """With a fine-tuned tower the softmax covers only the products re-encoded this step."""
+    from encoders.text import TextEncoder, TextEncoderConfig
+    from encoders.tuning import TextTuningConfig, TunedTextEncoder
+
+    encoder = TextEncoder(TextEncoderConfig(model_path=tiny_bert_dir))
+    texts = list(tiny_snapshot.product_text)
+    model = FusedRecommender(
+        tiny_snapshot.num_users, tiny_snapshot.num_products, FusedConfig(graph_dim=8, max_history=5, dropout=0.0),
+        text_features=encoder.encode(texts), num_nodes=tiny_snapshot.num_nodes,
+        edge_types=list(tiny_snapshot.message_passing("train").edge_types),
+        text_tower=TunedTextEncoder(encoder, TextTuningConfig(mode="lora", lora_dropout=0.0)), product_texts=texts,
+    )
+    model.set_graph(tiny_snapshot.message_passing("train"))
+    queries = ["drill kit", "red gloves"]
+    batch = SearchBatch(encoder.encode(queries), torch.tensor([[5, 2], [9, -1]]), torch.tensor([[1.0, 2.0], [1.0, 0.0]]),
+                        torch.full((2,), -1), torch.full((2, 5), -1), torch.full((2,), -1), queries)
+    model.train()
+    torch.manual_seed(0)  # BERT's own dropout: the same masks in both passes
+    loss = model.search_loss(batch)
+    assert model._fresh_rows.tolist() == [2, 5, 9]
+    torch.manual_seed(0)
+    logits = model.search_logits(batch)[:, [2, 5, 9]]
+    logp = torch.log_softmax(logits, dim=-1)
+    expected = -((1 / 4) * logp[0, 1] + (3 / 4) * logp[0, 0] + logp[1, 2]) / 2  # gains 1 and 3; query 2: product 9
+    assert torch.allclose(loss, expected, atol=1e-5)
+    model.eval()
+    assert model.search_logits(batch).shape == (2, tiny_snapshot.num_products)
