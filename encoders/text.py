@@ -46,7 +46,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,58 +326,75 @@ class TextEncoder(torch.nn.Module):
         Returns:
             FloatTensor ``[N, dim]``, float32, on CPU (``[0, dim]`` for no texts).
         """
-        items = _check_texts(texts)
-        out = torch.zeros(len(items), self.dim, dtype=torch.float32)
-        if not items:
-            return out
+        device = self.device
 
-        todo = list(range(len(items)))
-        if cache is not None:
-            cached, found = cache.get(self.fingerprint, items)
-            if cached is not None:
-                if cached.shape[1] != self.dim:
-                    raise ValueError(
-                        f"cache entry for fingerprint {self.fingerprint} has dim {cached.shape[1]}, "
-                        f"encoder dim is {self.dim}"
-                    )
-                out[found] = cached[found]
-            todo = [i for i in todo if not found[i]]
+        def embed(batch: list[str]) -> torch.Tensor:
+            return self(**{k: v.to(device) for k, v in self.tokenize(batch).items()})
 
-        # unique texts still to encode, longest first
-        first: dict[str, int] = {}
-        for i in todo:
-            first.setdefault(items[i], len(first))
-        unique = list(first)
-        order = sorted(range(len(unique)), key=lambda j: -len(unique[j]))
+        return encode_unique(self, texts, embed, self.dim, self.fingerprint, self.config.batch_size,
+                             cache=cache, progress=progress)
 
-        new_vecs = torch.zeros(len(unique), self.dim, dtype=torch.float32)
-        if unique:
-            from tqdm.auto import tqdm
 
-            bs = self.config.batch_size
-            was_training = self.training
-            self.eval()
-            device = self.device
-            try:
-                for start in tqdm(
-                    range(0, len(order), bs),
-                    total=(len(order) + bs - 1) // bs,
-                    disable=not progress,
-                    desc="encoding texts",
-                    unit="batch",
-                ):
-                    idx = order[start : start + bs]
-                    batch = self.tokenize([unique[j] for j in idx])
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    vecs = self(**batch)
-                    new_vecs[idx] = vecs.float().cpu()
-            finally:
-                self.train(was_training)
-            for i in todo:
-                out[i] = new_vecs[first[items[i]]]
-            if cache is not None:
-                cache.put(self.fingerprint, unique, new_vecs)
+def encode_unique(
+    module: torch.nn.Module,
+    texts: Sequence[str],
+    embed: Callable[[list[str]], torch.Tensor],
+    dim: int,
+    fingerprint: str,
+    batch_size: int,
+    cache: EmbeddingCache | None = None,
+    progress: bool = False,
+    desc: str = "encoding texts",
+) -> torch.Tensor:
+    """The batched inference loop every text encoder shares.
+
+    Texts found in ``cache`` under ``fingerprint`` are taken from it; the rest are
+    de-duplicated, sorted longest first (less padding), passed through ``embed`` in
+    batches of ``batch_size`` with ``module`` in eval mode (its mode restored afterwards),
+    put back in input order and added to the cache.
+
+    Returns:
+        FloatTensor ``[N, dim]``, float32, on CPU.
+    """
+    items = _check_texts(texts)
+    out = torch.zeros(len(items), dim, dtype=torch.float32)
+    if not items:
         return out
+    todo = list(range(len(items)))
+    if cache is not None:
+        cached, found = cache.get(fingerprint, items)
+        if cached is not None:
+            if cached.shape[1] != dim:
+                raise ValueError(
+                    f"cache entry for fingerprint {fingerprint} has dim {cached.shape[1]}, encoder dim is {dim}"
+                )
+            out[found] = cached[found]
+        todo = [i for i in todo if not found[i]]
+
+    first: dict[str, int] = {}  # unique texts still to encode
+    for i in todo:
+        first.setdefault(items[i], len(first))
+    unique = list(first)
+    if not unique:
+        return out
+    order = sorted(range(len(unique)), key=lambda j: -len(unique[j]))
+    new_vecs = torch.zeros(len(unique), dim, dtype=torch.float32)
+    from tqdm.auto import tqdm
+
+    was_training = module.training
+    module.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), total=(len(order) + batch_size - 1) // batch_size,
+                          disable=not progress, desc=desc, unit="batch"):
+            idx = order[start : start + batch_size]
+            new_vecs[idx] = embed([unique[j] for j in idx]).float().cpu()
+    finally:
+        module.train(was_training)
+    for i in todo:
+        out[i] = new_vecs[first[items[i]]]
+    if cache is not None:
+        cache.put(fingerprint, unique, new_vecs)
+    return out
 
 
 # --------------------------------------------------------------------------- cache

@@ -75,7 +75,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from encoders.text import EmbeddingCache, TextEncoder, _check_texts
+from encoders.text import EmbeddingCache, TextEncoder, _check_texts, encode_unique
 
 __all__ = ["TUNING_MODES", "TextTuningConfig", "TunedTextEncoder"]
 
@@ -225,6 +225,21 @@ class TextTuningConfig:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def read_saved_meta(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON sidecar of a saved model at ``path``, checked to be a dict of format ``fmt``
+    (errors name the file and ``what`` should have been saved there)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a saved {what} directory")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path}: format is {found!r}, expected {fmt!r}")
+    return meta
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -513,49 +528,8 @@ class TunedTextEncoder(torch.nn.Module):
         bs = self.text_config.batch_size if batch_size is None else batch_size
         if not _is_int(bs) or bs < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        out = torch.zeros(len(items), self.dim, dtype=torch.float32)
-        if not items:
-            return out
-        todo = list(range(len(items)))
-        if cache is not None:
-            cached, found = cache.get(self.fingerprint, items)
-            if cached is not None:
-                if cached.shape[1] != self.dim:
-                    raise ValueError(
-                        f"cache entry for fingerprint {self.fingerprint} has dim {cached.shape[1]}, "
-                        f"encoder dim is {self.dim}"
-                    )
-                out[found] = cached[found]
-            todo = [i for i in todo if not found[i]]
-        first: dict[str, int] = {}
-        for i in todo:
-            first.setdefault(items[i], len(first))
-        unique = list(first)
-        if not unique:
-            return out
-        order = sorted(range(len(unique)), key=lambda j: -len(unique[j]))
-        new_vecs = torch.zeros(len(unique), self.dim, dtype=torch.float32)
-        from tqdm.auto import tqdm
-
-        was_training = self.training
-        self.eval()
-        try:
-            for start in tqdm(
-                range(0, len(order), bs),
-                total=(len(order) + bs - 1) // bs,
-                disable=not progress,
-                desc=f"encoding texts ({self.mode})",
-                unit="batch",
-            ):
-                idx = order[start : start + bs]
-                new_vecs[idx] = self([unique[j] for j in idx]).float().cpu()
-        finally:
-            self.train(was_training)
-        for i in todo:
-            out[i] = new_vecs[first[items[i]]]
-        if cache is not None:
-            cache.put(self.fingerprint, unique, new_vecs)
-        return out
+        return encode_unique(self, items, lambda batch: self(batch), self.dim, self.fingerprint, bs,
+                             cache=cache, progress=progress, desc=f"encoding texts ({self.mode})")
 
     # ------------------------------------------------------------------ parameters / state
 
@@ -630,15 +604,7 @@ class TunedTextEncoder(torch.nn.Module):
     def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         """The parsed ``tuning.json`` of a saved encoder (format checked)."""
         path = Path(directory) / _CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not a saved TunedTextEncoder directory")
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else None
-            raise ValueError(f"{path}: format is {found!r}, expected {_FORMAT!r}")
+        meta = read_saved_meta(path, _FORMAT, "TunedTextEncoder")
         for key in ("config", "base_fingerprint"):
             if key not in meta:
                 raise ValueError(f"{path}: field {key!r} is missing")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from encoders.text import TextEncoder, _check_texts
-from encoders.tuning import TextTuningConfig, TunedTextEncoder
+from encoders.tuning import TextTuningConfig, TunedTextEncoder, read_saved_meta
 
 __all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]
 
@@ -446,14 +446,7 @@ class CrossEncoderReranker(torch.nn.Module):
 
         d = Path(directory)
         path = d / _CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not a saved CrossEncoderReranker directory")
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: format is not {_FORMAT!r}")
+        meta = read_saved_meta(path, _FORMAT, "CrossEncoderReranker")
         if meta.get("base_fingerprint") != encoder.fingerprint:
             raise ValueError(
                 f"{path} was trained on base encoder {meta.get('base_fingerprint')}, "
