@@ -29,7 +29,7 @@ from torch_geometric.data import HeteroData
 
 from fusion.data import RecBatch, SearchBatch, evaluation_examples, training_examples
 from fusion.models import QUERY_EDGE, REV_QUERY_EDGE
-from fusion.search_data import SearchJudgements
+from fusion.search_data import SearchJudgements, judgements_from_frame
 from fusion.search_metrics import mean_search_metrics, rerank_topk, search_metrics_from_topk
 from kg.export import GraphSnapshot
 
@@ -152,25 +152,15 @@ def judged_examples(
         query_vectors: ``[Q_all, d_text]`` text vectors; ``query_index`` maps a query_id to its row.
         query_nodes: query_id -> node index in the search graph (train queries), or None.
     """
-    groups = judgements.sort_values(["query_id", "product"]).groupby("query_id", sort=True)
-    ids = list(groups.groups)
-    width = int(groups.size().max()) if len(ids) else 1
-    products = torch.full((len(ids), width), -1, dtype=torch.long)
-    grades = torch.zeros(len(ids), width)
-    texts = []
-    for row, (qid, frame) in enumerate(groups):
-        n = len(frame)
-        products[row, :n] = torch.as_tensor(frame["product"].to_numpy(), dtype=torch.long)
-        grades[row, :n] = torch.as_tensor(frame["grade"].to_numpy(), dtype=torch.float32)
-        texts.append(str(frame["query"].iloc[0]))
-    rows = torch.as_tensor([query_index[q] for q in ids], dtype=torch.long)
-    nodes = torch.as_tensor([(query_nodes or {}).get(q, -1) for q in ids], dtype=torch.long)
+    judged = judgements_from_frame(judgements.assign(label=judgements["grade"]))
+    n = len(judged)
+    rows = torch.as_tensor([query_index[q] for q in judged.query_ids], dtype=torch.long)
+    nodes = torch.as_tensor([(query_nodes or {}).get(q, -1) for q in judged.query_ids], dtype=torch.long)
     return SearchBatch(
-        queries=query_vectors[rows] if len(ids) else query_vectors[:0],
-        products=products, grades=grades,
-        users=torch.full((len(ids),), -1, dtype=torch.long),
-        history=torch.full((len(ids), max_history), -1, dtype=torch.long),
-        query_nodes=nodes, texts=texts,
+        queries=query_vectors[rows], products=judged.products, grades=judged.grades,
+        users=torch.full((n,), -1, dtype=torch.long),
+        history=torch.full((n, max_history), -1, dtype=torch.long),
+        query_nodes=nodes, texts=list(judged.queries),
     )
 
 
