@@ -21,7 +21,9 @@ class HeteroGraphEncoder(nn.Module):
     """Heterogeneous GraphSAGE with learnable node embeddings.
 
     Each node type starts from an ID embedding (``[N_t, dim]``); node types with
-    input features (e.g. product text vectors) add a linear projection of them.
+    input features (e.g. product text vectors) add a linear projection of them, and
+    ``feature_only`` types start from that projection alone: they have no ID embedding,
+    so a node never seen in training is encoded like one that was (inductive).
     Each layer runs one ``SAGEConv`` per edge type and sums per destination type;
     the output is the mean of the input and all layer outputs (as in LightGCN),
     which keeps the ID signal for nodes with few neighbours.
@@ -33,6 +35,7 @@ class HeteroGraphEncoder(nn.Module):
         num_layers: message-passing layers (default 2).
         input_dims: node type -> feature size for types that get input features.
         dropout: dropout on hidden layers (default 0.1).
+        feature_only: node types (all in ``input_dims``) without ID embeddings (default none).
     """
 
     def __init__(
@@ -43,11 +46,19 @@ class HeteroGraphEncoder(nn.Module):
         num_layers: int = 2,
         input_dims: dict[str, int] | None = None,
         dropout: float = 0.1,
+        feature_only: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         self.node_types = sorted(num_nodes)
+        self.num_nodes = {t: int(n) for t, n in num_nodes.items()}
         self.edge_types = [tuple(e) for e in edge_types]
-        self.embedding = nn.ModuleDict({t: nn.Embedding(n, dim) for t, n in num_nodes.items()})
+        self.feature_only = tuple(sorted(feature_only))
+        missing = [t for t in self.feature_only if t not in (input_dims or {})]
+        if missing:
+            raise ValueError(f"feature_only node types {missing} have no input features (input_dims)")
+        self.embedding = nn.ModuleDict(
+            {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
+        )
         for emb in self.embedding.values():
             nn.init.normal_(emb.weight, std=0.1)
         self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
@@ -77,18 +88,18 @@ class HeteroGraphEncoder(nn.Module):
                 with every fanout ``-1`` (and every edge type present, possibly empty), the
                 seeds' rows equal their full-graph rows.
         """
+        device = next(self.parameters()).device
         if n_id is None:
-            x = {t: self.embedding[t].weight for t in self.node_types}
+            x = {t: self.embedding[t].weight for t in self.embedding}
         else:
-            device = self.embedding[self.node_types[0]].weight.device
             empty = torch.empty(0, dtype=torch.long, device=device)
             ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
-            x = {t: self.embedding[t](ids[t]) for t in self.node_types}
+            x = {t: self.embedding[t](ids[t]) for t in self.embedding}
         for t, proj in self.input_proj.items():
             if features is None or t not in features:
                 raise ValueError(f"node type {t!r} was built with input features; pass them")
             feats = features[t] if n_id is None else features[t][ids[t].to(features[t].device)]
-            x[t] = x[t] + proj(feats)
+            x[t] = proj(feats) if t in self.feature_only else x[t] + proj(feats)
         layers = [x]
         edges = {e: i for e, i in edge_index_dict.items() if tuple(e) in set(self.edge_types)}
         for i, conv in enumerate(self.convs):

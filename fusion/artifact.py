@@ -102,7 +102,7 @@ def _init_args(model: Recommender) -> dict[str, Any]:
             init["text_dim"] = int(model.text.shape[1])
         if model.config.use_graph:
             enc = model.graph
-            init["num_nodes"] = {t: int(e.num_embeddings) for t, e in enc.embedding.items()}
+            init["num_nodes"] = dict(enc.num_nodes)
             init["edge_types"] = [list(e) for e in enc.edge_types]
         if hasattr(model, "query_proj"):
             init["query_dim"] = int(model.query_proj.in_features)

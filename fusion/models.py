@@ -349,6 +349,14 @@ class FusedConfig:
         personalize_search: search adds the user's tower vector to the query vector with a
             learned weight that starts at 0 (default True; only used when a search batch has
             users with history).
+        feature_ids: node types with input features (products with ``graph_text_input``,
+            query nodes) also learn an ID embedding in the GNN (default True). False makes them
+            feature-only: the GNN encodes a product or query it never saw in training like one
+            it did. Use False for search on Home Depot, where most relevant test products were
+            judged for no train query: there ID embeddings learn "was judged in training" and
+            validation NDCG falls after the first epoch (``benchmarks/search.py --feature-ids``
+            shows the curve). Keep True for recommendation, where every test product was seen
+            in training.
     """
 
     graph_dim: int = 64
@@ -363,6 +371,7 @@ class FusedConfig:
     gate_bias: float = 1.0
     graph_text_input: bool = False
     personalize_search: bool = True
+    feature_ids: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_graph):
@@ -452,7 +461,8 @@ class FusedRecommender(Recommender):
             input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else {}
             input_dims.update({t: int(node_features[t].shape[1]) for t in self.feature_types})
             self.graph = HeteroGraphEncoder(
-                num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout
+                num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout,
+                feature_only=() if config.feature_ids else tuple(input_dims),
             )
             self.graph_proj = nn.Linear(config.graph_dim, d)
             self.user_graph_proj = _zero_linear(config.graph_dim, d)
@@ -576,11 +586,17 @@ class FusedRecommender(Recommender):
     # -- search: the same product tower, a query tower over the same text encoder ----------
 
     def query_vectors(self, queries: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
-        """``[B, d]`` query vectors in the product space from ``[B, d_text]`` text vectors
-        (a trainable text tower in training re-encodes ``texts`` instead)."""
+        """``[B, d]`` query vectors in the product space from ``[B, d_text]`` text vectors.
+
+        With a text tower and ``texts``, the tower re-encodes ``texts`` instead (with grad when it
+        trains): ``queries`` come from the base encoder, while the product cache holds the
+        tower's vectors, and a query must live in the space of the products it is scored with."""
         tower = self.text_tower
-        if tower is not None and self.training and getattr(tower, "trainable", False) and texts is not None:
-            queries = tower(texts)
+        if tower is not None and texts is not None:
+            if self.training and getattr(tower, "trainable", False):
+                queries = tower(list(texts))
+            else:
+                queries = tower.encode(list(texts)).to(queries.device)
         q = F.normalize(queries.float(), dim=-1)
         if self.config.use_text:
             return q + self.text_adapter(q) + self.query_adapter(q)

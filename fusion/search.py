@@ -109,6 +109,21 @@ def evaluate_search(
         protocol: ``"full"`` ranks every product; ``"rerank"`` only each query's judged ones.
         exclude_history: in ``"full"``, drop the products of each example's history.
     """
+    return mean_search_metrics(search_metrics_per_query(scores, batch, ks, protocol, exclude_history,
+                                                        relevant_threshold, chunk))
+
+
+def search_metrics_per_query(
+    scores: ScoreFn | torch.Tensor,
+    batch: SearchBatch,
+    ks: Sequence[int] = (10,),
+    protocol: str = "full",
+    exclude_history: bool = False,
+    relevant_threshold: float = 1.0,
+    chunk: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """``{metric: [B]}`` per-query values behind :func:`evaluate_search` (same arguments),
+    for paired significance tests (:func:`fusion.significance.paired_test`)."""
     if protocol not in ("full", "rerank"):
         raise ValueError(f"protocol must be 'full' or 'rerank', got {protocol!r}")
     k_max = max(ks)
@@ -132,7 +147,7 @@ def evaluate_search(
         metrics = search_metrics_from_topk(topk, judgements_of(part), ks=tuple(ks), relevant_threshold=relevant_threshold)
         for name, value in metrics.items():
             per_query.setdefault(name, []).append(value)
-    return mean_search_metrics({name: torch.cat(v) for name, v in per_query.items()})
+    return {name: torch.cat(v) for name, v in per_query.items()}
 
 
 # --------------------------------------------------------------------------- judged queries
@@ -169,8 +184,8 @@ def search_graph(graph: HeteroData, judgements: pd.DataFrame, query_nodes: dict[
     judgements of ``query_nodes`` (train queries only!) with ``grade >= min_grade``."""
     out = graph.clone()
     keep = judgements[judgements["query_id"].isin(query_nodes) & (judgements["grade"] >= min_grade)]
-    src = torch.as_tensor(keep["query_id"].map(query_nodes).to_numpy(), dtype=torch.long)
-    dst = torch.as_tensor(keep["product"].to_numpy(), dtype=torch.long)
+    src = torch.tensor(keep["query_id"].map(query_nodes).to_numpy(), dtype=torch.long)
+    dst = torch.tensor(keep["product"].to_numpy(), dtype=torch.long)
     out["query"].num_nodes = len(query_nodes)
     out[QUERY_EDGE].edge_index = torch.stack([src, dst])
     out[REV_QUERY_EDGE].edge_index = torch.stack([src, dst]).flip(0)

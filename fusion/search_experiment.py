@@ -22,13 +22,18 @@ import torch
 
 from fusion.data import SearchBatch
 from fusion.models import FusedConfig, FusedRecommender
+from fusion.hybrid import choose_lexical_weight, mix
 from fusion.search import SearchTask, evaluate_search, judged_examples, model_scores, search_graph
+from fusion.search import search_metrics_per_query as evaluate_search_per_query
+from fusion.search_metrics import mean_search_metrics
+from fusion.significance import paired_test
 from fusion.search_data import query_disjoint_split
 from fusion.train import TrainConfig, fit
 from kg.export import GraphSnapshot
 
-#: Baselines and fused variants, in table order (``fused`` runs once per tuning mode).
-SEARCH_MODELS = ("random", "bm25", "text-zero-shot", "text-only", "graph-only", "fused")
+#: Baselines and fused variants, in table order (``fused`` runs once per tuning mode;
+#: ``hybrid`` mixes each fused model with BM25, :mod:`fusion.hybrid`).
+SEARCH_MODELS = ("random", "bm25", "text-zero-shot", "text-only", "graph-only", "fused", "hybrid")
 PROTOCOLS = ("full", "rerank")
 
 
@@ -87,7 +92,9 @@ class SearchBenchmarkConfig:
         train: trainer settings (epochs, lr of the non-BERT parts, patience, device).
         batch_size: queries per step (default 512: a step costs about the same for any batch, the catalogue-wide parts dominate).
         fused: architecture of the text/graph models (the search graph feeds query and
-            product text into the GNN, so ``graph_text_input`` defaults to True).
+            product text into the GNN, so ``graph_text_input`` defaults to True; products and
+            query nodes are feature-only, ``feature_ids=False``: most relevant test products
+            were judged for no train query; the gate starts at 95% text, ``gate_bias=3.0``).
         max_train_queries: train on at most this many train queries (None = all).
         ks: metric cut-offs.
         cross_encoder: add a second stage: a cross-encoder (:mod:`fusion.rerank`) trained on
@@ -97,9 +104,11 @@ class SearchBenchmarkConfig:
 
     models: tuple[str, ...] = SEARCH_MODELS
     modes: tuple[str, ...] = ("frozen",)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3, patience=2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, lr=1e-3, patience=2))
     batch_size: int = 512
-    fused: FusedConfig = field(default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False))
+    fused: FusedConfig = field(
+        default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=False)
+    )
     max_train_queries: int | None = None
     ks: tuple[int, ...] = (3, 10)
     cross_encoder: bool = False
@@ -110,6 +119,8 @@ class SearchBenchmarkConfig:
         unknown = [m for m in self.models if m not in SEARCH_MODELS]
         if unknown:
             raise ValueError(f"unknown search models {unknown}; choose from {list(SEARCH_MODELS)}")
+        if "hybrid" in self.models and "fused" not in self.models:
+            raise ValueError("the hybrid model mixes the fused model with BM25: add 'fused' to the models")
 
 
 @dataclass
@@ -167,11 +178,21 @@ def run_search_benchmark(
     test = _split_examples(data, "test", query_vectors, index, None)
     ks = config.ks
 
-    def score(scores) -> dict[str, dict[str, float]]:
-        return {p: evaluate_search(scores, test, ks=ks, protocol=p) for p in PROTOCOLS}
+    bm25 = BM25Ranker(titles) if {"bm25", "hybrid"} & set(config.models) else None
+    bm25_test = bm25.score_all(test.texts) if bm25 is not None else None
+    reference = (evaluate_search_per_query(bm25_test, test, ks=ks, protocol="full")["ndcg@10"]
+                 if bm25_test is not None and 10 in ks else None)
+
+    def score(scores, extra: dict | None = None) -> dict[str, dict[str, float]]:
+        """Test metrics per protocol; with ``extra``, the paired test against BM25 (full, NDCG@10)."""
+        per_query = {p: evaluate_search_per_query(scores, test, ks=ks, protocol=p) for p in PROTOCOLS}
+        if extra is not None and reference is not None:
+            extra["vs_bm25_ndcg@10"] = paired_test(per_query["full"]["ndcg@10"], reference, seed=config.train.seed).as_dict()
+        return {p: mean_search_metrics(v) for p, v in per_query.items()}
 
     results: list[SearchResult] = []
     last_fused = None
+    fused_models: list[tuple[FusedRecommender, str]] = []
     for name in config.models:
         start = time.perf_counter()
         if name == "random":  # the floor: the rerank protocol is near-saturated on judged lists
@@ -179,9 +200,20 @@ def run_search_benchmark(
             scores = torch.rand(len(test), snapshot.num_products, generator=g)
             results.append(SearchResult(name, "-", score(scores), None, 0.0, 0, 0))
         elif name == "bm25":
-            bm25 = BM25Ranker(titles)
-            scores = bm25.score_all(test.texts)
-            results.append(SearchResult(name, "-", score(scores), None, round(time.perf_counter() - start, 1), 0, 0))
+            results.append(SearchResult(name, "-", score(bm25_test), None, round(time.perf_counter() - start, 1), 0, 0))
+        elif name == "hybrid":
+            bm25_valid = bm25.score_all(valid.texts)
+            for model, mode in fused_models:
+                start = time.perf_counter()
+                choice = choose_lexical_weight(model_scores(model)(valid), bm25_valid, valid)
+                extra = {"lexical_weight": choice.weight, "valid_curve": {str(w): v for w, v in choice.curve.items()}}
+                test_metrics = score(mix(model_scores(model)(test), bm25_test, choice.weight), extra)
+                results.append(SearchResult(f"{model.name} + bm25", mode, test_metrics, choice.best,
+                                            round(time.perf_counter() - start, 1), 0, 0, extra))
+                if progress:
+                    from tqdm.auto import tqdm
+
+                    tqdm.write(f"{model.name} + bm25 (w={choice.weight}): test ndcg@10 full {test_metrics['full']['ndcg@10']:.4f}")
         elif name == "text-zero-shot":
             q = torch.nn.functional.normalize(test.queries, dim=-1)
             p = torch.nn.functional.normalize(product_vectors, dim=-1)
@@ -211,10 +243,10 @@ def run_search_benchmark(
                 task = SearchTask(train=train, valid=valid, batch_size=config.batch_size, graph=graph)
                 history = fit(model, snapshot, config.train, progress=progress, search=task)
                 model.eval()
-                test_metrics = score(model_scores(model)(test))
                 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 extra = {"config": asdict(fused_cfg), "examples_per_second": round(history.examples_per_second, 1),
                          "train_step_seconds": round(history.train_seconds, 1), "valid_curve": history.valid_search_ndcg}
+                test_metrics = score(model_scores(model)(test), extra)
                 if tower is not None:
                     extra["text_tower"] = {**tower.parameter_counts(), "lr": tower.config.learning_rate()}
                 best = history.valid_search_ndcg[history.best_epoch] if history.best_epoch >= 0 else None
@@ -226,6 +258,8 @@ def run_search_benchmark(
                     tqdm.write(f"{model.name}: test ndcg@10 full {test_metrics['full']['ndcg@10']:.4f} "
                                f"rerank {test_metrics['rerank']['ndcg@10']:.4f} ({history.seconds:.0f} s)")
                 last_fused = (model, mode) if name == "fused" else None
+                if name == "fused" and "hybrid" in config.models:
+                    fused_models.append((model, mode))
                 del tower
         if progress and name in ("random", "bm25", "text-zero-shot"):
             from tqdm.auto import tqdm
@@ -274,11 +308,15 @@ def search_results_markdown(results: list[SearchResult], k: int = 10) -> str:
     columns = [("full", f"{m}@{k}") for m in ("ndcg", "mrr", "map")] + [("rerank", "ndcg@3"), ("rerank", f"ndcg@{k}")]
     values = [[r.test[p][m] for p, m in columns] for r in results]
     best = [max(v[i] for v in values) for i in range(len(columns))] if values else []
-    head = "| model | mode | " + " | ".join(f"{m} ({p})" for p, m in columns) + " | trainable params | train s |"
-    lines = [head, "|---" * (len(columns) + 4) + "|"]
+    head = ("| model | mode | " + " | ".join(f"{m} ({p})" for p, m in columns)
+            + " | vs BM25 ndcg@10 (full) | trainable params | train s |")
+    lines = [head, "|---" * (len(columns) + 5) + "|"]
     for r, v in zip(results, values):
         cells = [f"**{x:.4f}**" if x == b else f"{x:.4f}" for x, b in zip(v, best)]
-        lines.append(f"| {r.model} | {r.mode} | " + " | ".join(cells) + f" | {r.trainable_parameters:,} | {r.train_seconds:.0f} |")
+        paired = r.extra.get("vs_bm25_ndcg@10")
+        versus = f"{paired['relative']:+.1%} (p={paired['p_bootstrap']:.2g})" if paired else ""
+        lines.append(f"| {r.model} | {r.mode} | " + " | ".join(cells)
+                     + f" | {versus} | {r.trainable_parameters:,} | {r.train_seconds:.0f} |")
     return "\n".join(lines)
 
 

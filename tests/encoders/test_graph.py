@@ -8,11 +8,11 @@ from encoders.graph import HeteroGraphEncoder
 from encoders.sampling import NeighborSampler
 
 
-def make_encoder(graph, num_layers: int = 2, input_dims=None, seed: int = 0) -> HeteroGraphEncoder:
+def make_encoder(graph, num_layers: int = 2, input_dims=None, seed: int = 0, feature_only=()) -> HeteroGraphEncoder:
     torch.manual_seed(seed)
     enc = HeteroGraphEncoder(
         {t: graph[t].num_nodes for t in graph.node_types}, list(graph.edge_types), dim=8,
-        num_layers=num_layers, input_dims=input_dims,
+        num_layers=num_layers, input_dims=input_dims, feature_only=feature_only,
     )
     with torch.no_grad():  # non-zero biases everywhere, so a missing message would show
         for p in enc.parameters():
@@ -37,12 +37,33 @@ def test_without_n_id_nothing_changes(graph):
         assert torch.allclose(full[t], same[t], atol=1e-6)
 
 
+def test_feature_only_types_have_no_id_embedding_and_are_inductive(graph, tiny_snapshot):
+    features = {"product": torch.randn(tiny_snapshot.num_products, 5, generator=torch.Generator().manual_seed(1))}
+    enc = make_encoder(graph, 1, input_dims={"product": 5}, feature_only=("product",))
+    assert "product" not in enc.embedding and "user" in enc.embedding
+    assert enc.num_nodes["product"] == tiny_snapshot.num_products
+    # two products with the same features and the same neighbours get the same vector
+    edges = {e: i for e, i in graph.edge_index_dict.items() if "product" not in (e[0], e[2])}
+    same = dict(features)
+    same["product"] = features["product"].clone()
+    same["product"][3] = same["product"][8]
+    out = enc(edges, same)["product"]
+    assert torch.allclose(out[3], out[8], atol=1e-6)
+    assert not torch.allclose(out[3], out[4], atol=1e-3)
+    # with ID embeddings the same two products differ
+    with_ids = make_encoder(graph, 1, input_dims={"product": 5})(edges, same)["product"]
+    assert not torch.allclose(with_ids[3], with_ids[8], atol=1e-3)
+    with pytest.raises(ValueError, match="no input features"):
+        HeteroGraphEncoder({"product": 3}, [], dim=4, feature_only=("product",))
+
+
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("with_features", [False, True])
+@pytest.mark.parametrize("with_features", [False, True, "feature_only"])
 def test_sampled_seeds_equal_full_batch(graph, tiny_snapshot, num_layers, with_features):
     """All neighbours, one hop per layer: the seeds' outputs are exactly the full-graph ones."""
     features = {"product": torch.randn(tiny_snapshot.num_products, 5, generator=torch.Generator().manual_seed(1))}
-    enc = make_encoder(graph, num_layers, input_dims={"product": 5} if with_features else None)
+    enc = make_encoder(graph, num_layers, input_dims={"product": 5} if with_features else None,
+                       feature_only=("product",) if with_features == "feature_only" else ())
     feats = features if with_features else None
     full = enc(graph.edge_index_dict, feats)
     seeds = {"product": torch.tensor([7, 0, 19]), "user": torch.tensor([4, 2]), "brand": torch.tensor([1])}

@@ -225,3 +225,62 @@ def test_trainable_tower_trains_on_in_batch_negatives(tiny_snapshot, tiny_bert_d
     assert torch.allclose(loss, expected, atol=1e-5)
     model.eval()
     assert model.search_logits(batch).shape == (2, tiny_snapshot.num_products)
+
+
+def test_a_tuned_tower_encodes_the_queries_it_scores(tiny_snapshot, tiny_bert_dir):
+    """Out of training too, queries go through the model's text tower (the product cache holds
+    the tower's vectors), not the base encoder's vectors the batch carries."""
+    from encoders.text import TextEncoder, TextEncoderConfig
+    from encoders.tuning import TextTuningConfig, TunedTextEncoder
+
+    encoder = TextEncoder(TextEncoderConfig(model_path=tiny_bert_dir))
+    texts = list(tiny_snapshot.product_text)
+    tower = TunedTextEncoder(encoder, TextTuningConfig(mode="lora"))
+    with torch.no_grad():  # a tuned tower: LoRA's B matrices start at 0, move them
+        for name, p in tower.named_parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+    model = FusedRecommender(
+        tiny_snapshot.num_users, tiny_snapshot.num_products, FusedConfig(graph_dim=8, max_history=5),
+        text_features=encoder.encode(texts), num_nodes=tiny_snapshot.num_nodes,
+        edge_types=list(tiny_snapshot.message_passing("train").edge_types), text_tower=tower, product_texts=texts,
+    )
+    model.set_graph(tiny_snapshot.message_passing("test"))
+    model.refresh_text()
+    model.eval()
+    queries = ["drill kit", "red gloves"]
+    base, tuned = encoder.encode(queries), tower.encode(queries)
+    assert not torch.allclose(base, tuned, atol=1e-3)
+
+    def batch(vectors, with_texts):
+        return SearchBatch(vectors, torch.tensor([[0], [1]]), torch.ones(2, 1), torch.full((2,), -1),
+                           torch.full((2, 5), -1), torch.full((2,), -1), queries if with_texts else None)
+
+    with torch.no_grad():
+        scored = model.search_logits(batch(base, True))
+        assert torch.allclose(scored, model.search_logits(batch(tuned, False)), atol=1e-5)
+        assert not torch.allclose(scored, model.search_logits(batch(base, False)), atol=1e-3)
+
+
+def test_feature_only_search_model_round_trips_without_id_embeddings(tiny_snapshot, tiny_bert_dir, tmp_path):
+    from encoders.text import TextEncoder, TextEncoderConfig
+    from fusion.artifact import load_artifact, save_artifact
+
+    encoder = TextEncoder(TextEncoderConfig(model_path=tiny_bert_dir))
+    text = encoder.encode(list(tiny_snapshot.product_text))
+    config = FusedConfig(graph_dim=8, max_history=5, graph_text_input=True, feature_ids=False)
+    torch.manual_seed(0)
+    model = FusedRecommender(tiny_snapshot.num_users, tiny_snapshot.num_products, config, text_features=text,
+                             num_nodes=tiny_snapshot.num_nodes, edge_types=list(tiny_snapshot.message_passing("train").edge_types))
+    keys = set(model.state_dict())
+    assert "graph.embedding.user.weight" in keys and "graph.embedding.product.weight" not in keys
+    with torch.no_grad():  # move the zero-initialised graph branch so it shows in the scores
+        model.graph_proj.weight.normal_(0, 0.3)
+    save_artifact(model, tiny_snapshot, tmp_path / "art", text_encoder=encoder, max_history=5)
+    art = load_artifact(tmp_path / "art")
+    assert art.config["model"]["config"]["feature_ids"] is False
+    assert art.config["model"]["init"]["num_nodes"]["product"] == tiny_snapshot.num_products
+    for m in (model, art.model):
+        m.eval()
+        m.set_graph(tiny_snapshot.message_passing("test"))
+    assert torch.allclose(model.product_embeddings(), art.model.product_embeddings(), atol=1e-5)
