@@ -28,13 +28,16 @@ the graph part is the mean graph vector of the products in the same leaf categor
 same brand's products, fused by the trained gate. That is an approximation: the GNN
 never ran on the new product and its interactions.
 
-Search. The query is encoded by the artifact's text encoder, normalised and passed
-through the model's text adapter (``T(q) = q + adapter(q)``, the same map that turns
-product text into the text half of a product vector), and ranked by cosine against the
-fused product vectors. With ``user_id`` the query becomes ``normalize(T(q) + w * u)``,
-``u`` the user's unit vector and ``w = user_weight`` (default 0.3). The text tower was
-trained on user -> product pairs, not query -> product pairs, so this is a first
-version: good at matching product words, blind to query intent.
+Search. The query is encoded by the artifact's text encoder (its tuned tower when the
+model fine-tuned BERT), passed through the model's query tower (``T(q) = q + adapter(q) +
+query_adapter(q)``) and ranked by cosine against the fused product vectors. With
+``user_id`` the query becomes ``normalize(T(q) + w * u)``, ``u`` the user's unit vector and
+``w = user_weight`` (default: the weight learned in search training, 0.3 for a model never
+trained to search). With ``lexical_weight > 0`` the search is hybrid (:mod:`fusion.hybrid`):
+each query's cosines and its BM25 scores over the product titles are standardised over the
+candidates and mixed, ``(1 - w) z(cosine) + w z(bm25)``; the returned scores are then those
+mixed z-scores. Choose the weight on validation queries (``benchmarks/search.py`` prints
+the one it chose for its data).
 """
 from __future__ import annotations
 
@@ -130,6 +133,7 @@ class Scorer:
         self.popularity = torch.as_tensor(pop)
         self._buyers: dict[int, dict[int, str]] | None = None
         self._unit: torch.Tensor | None = None
+        self._bm25 = None
 
     # ------------------------------------------------------------------ construction
 
@@ -277,16 +281,24 @@ class Scorer:
         filters: Mapping[str, Any] | None = None,
         exclude: torch.Tensor | None = None,
         popular: torch.Tensor | None = None,
+        lexical: tuple[float, torch.Tensor] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """One matrix product and one ``torch.topk`` for the whole batch.
 
         Only the products that pass ``filters`` enter the product (so a narrow filter is
         cheaper, not dearer); ``exclude`` ``[B, P]`` masks products per row; rows flagged in
-        ``popular`` are scored by popularity instead of the model.
+        ``popular`` are scored by popularity instead of the model; ``lexical`` =
+        ``(weight, [B, P] scores)`` mixes those scores in (:func:`fusion.hybrid.mix`, over the
+        candidates that pass ``filters``).
         """
         keep = self.candidates(filters)
         cols = None if keep is None else keep.nonzero().squeeze(1)
         scores = vectors @ (products if cols is None else products[cols]).T
+        if lexical is not None:
+            from fusion.hybrid import mix
+
+            weight, extra = lexical
+            scores = mix(scores, extra if cols is None else extra[:, cols], weight)
         if popular is not None and bool(popular.any()):
             counts = self.popularity.to(scores) if cols is None else self.popularity.to(scores)[cols]
             scores = torch.where(popular.unsqueeze(1), counts.unsqueeze(0), scores)
@@ -404,12 +416,15 @@ class Scorer:
         filters: Mapping[str, Any] | None = None,
         session: Sequence[str] | None = None,
         user_weight: float | None = None,
+        lexical_weight: float = 0.0,
     ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """Products for a text query (or a list of queries), best first, by cosine.
 
         With ``user_id`` (and/or ``session``) the query vector leans towards that user
         (see the module docstring) by ``user_weight``: default the weight the model learned
         in search training (``search_user_weight``), 0.3 for a model never trained to search.
+        ``lexical_weight`` in [0, 1] mixes in BM25 over the product titles (default 0: the
+        model alone; hybrid search in the module docstring).
         Returns one list for a string, a list of lists for a list.
         """
         if user_weight is None:
@@ -420,6 +435,8 @@ class Scorer:
         if not queries or any(not q.strip() for q in queries):
             raise ValueError("search needs a non-empty query")
         k = _check_k(k)
+        if not 0.0 <= float(lexical_weight) <= 1.0:
+            raise ValueError(f"lexical_weight must be in [0, 1], got {lexical_weight}")
         if not self._reads_text():
             raise ValueError(f"model {self.model.name!r} has no text tower: it cannot search by text")
         text = self.text_encoder().encode(queries).to(self.device)
@@ -429,8 +446,20 @@ class Scorer:
             vectors, pop, _, _ = self._users([str(user_id) if user_id is not None else "\x00session"], session)
             if not bool(pop[0]):
                 q = F.normalize(q + user_weight * F.normalize(vectors[:1], dim=-1), dim=-1)
-        out = self._top(q, self._unit_products(), k, filters)
+        lexical = None
+        if lexical_weight > 0:
+            lexical = (float(lexical_weight), self.lexical_ranker().score_all(queries).to(self.device))
+        out = self._top(q, self._unit_products(), k, filters, lexical=lexical)
         return out[0] if single else out
+
+    def lexical_ranker(self):
+        """The :class:`~fusion.bm25.BM25Ranker` over the product titles (built on first use,
+        rebuilt after :meth:`add_products`)."""
+        if self._bm25 is None:
+            from fusion.bm25 import BM25Ranker
+
+            self._bm25 = BM25Ranker(self.titles)
+        return self._bm25
 
     # ------------------------------------------------------------------ explain
 
@@ -526,4 +555,5 @@ class Scorer:
         self._index_attributes(existing)
         self.popularity = torch.cat([self.popularity, torch.zeros(len(ids))])
         self._unit = None
+        self._bm25 = None
         return pd.DataFrame(report)

@@ -111,15 +111,19 @@ def search(
     user: Optional[str] = typer.Option(None, help="Lean the results towards this user."),
     category: Optional[str] = typer.Option(None, help="Only products in this category or below."),
     brand: Optional[str] = typer.Option(None, help="Only products of this brand."),
-    user_weight: float = typer.Option(0.3, help="Weight of the user vector in the query."),
+    user_weight: Optional[float] = typer.Option(
+        None, help="Weight of the user vector in the query (default: the weight learned in search training, else 0.3)."),
+    lexical_weight: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="Mix in BM25 over the titles with this weight (hybrid search; 0 = the model alone)."),
     text_model: Optional[Path] = TEXT_MODEL,
     as_json: bool = JSON,
 ) -> None:
-    """Products for a text query (the model's text tower, optionally personalised)."""
+    """Products for a text query (the model's text tower, optionally personalised, optionally hybrid with BM25)."""
     _quiet_transformers()
     scorer = _load(artifact, text_model)
     try:
-        items = scorer.search(query, k=k, user_id=user, filters=_filters(category, brand), user_weight=user_weight)
+        items = scorer.search(query, k=k, user_id=user, filters=_filters(category, brand), user_weight=user_weight,
+                              lexical_weight=lexical_weight)
     except ValueError as exc:
         _fail(exc)
     if as_json:

@@ -71,6 +71,10 @@ def test_search_similar_explain(trained, run):
     _, _, artifact, _ = trained
     found = json.loads(run("search", "drill red kit", "-a", artifact, "-k", 4, "--user", "U1", "--json").stdout)
     assert len(found["items"]) == 4 and found["user_id"] == "U1"
+    lexical = json.loads(run("search", "drill red kit", "-a", artifact, "-k", 3, "--lexical-weight", 1.0, "--json").stdout)
+    expected = Scorer.load(artifact).search("drill red kit", k=3, lexical_weight=1.0)
+    assert [i["product_id"] for i in lexical["items"]] == [p for p, _ in expected]
+    assert run("search", "drill", "-a", artifact, "--lexical-weight", 2, ok=False).exit_code == 2
     near = json.loads(run("similar", "P03", "-a", artifact, "-k", 5, "--json").stdout)
     assert near[0]["product_id"] == "P03" and "P03" not in {i["product_id"] for i in near[0]["items"]}
     top = json.loads(run("recommend", "U2", "-a", artifact, "-k", 1, "--json").stdout)[0]["items"][0]["product_id"]

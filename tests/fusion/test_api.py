@@ -174,6 +174,26 @@ def test_search_with_a_user_leans_towards_the_user(fused):
     )
 
 
+@pytest.mark.parametrize("weight", [0.3, 1.0])
+def test_hybrid_search_mixes_bm25_into_the_model_scores(fused, weight):
+    from fusion.bm25 import BM25Ranker
+    from fusion.hybrid import mix
+
+    query = "tape red kit"
+    found = fused.search(query, k=24, lexical_weight=weight)
+    q = fused.model.serving_query(fused.state, fused.text_encoder().encode([query]))
+    dense = F.normalize(q, dim=-1) @ fused._unit_products().T
+    expected = mix(dense, BM25Ranker(fused.titles).score_all([query]), weight)[0]
+    order = torch.argsort(expected, descending=True, stable=True)
+    assert [s for _, s in found] == pytest.approx(expected[order].tolist(), abs=1e-4)
+    if weight == 1.0:  # BM25 alone: the titles holding all three words come first
+        assert all(set(query.split()) <= set(fused.titles[fused.product_ids.index(p)].lower().split()) for p, _ in found[:1])
+    brand = fused.search(query, k=3, lexical_weight=weight, filters={"brand": "Bolt"})
+    assert brand and all(fused.brand[fused.product_ids.index(p)] == "Bolt" for p, _ in brand)
+    with pytest.raises(ValueError, match="lexical_weight"):
+        fused.search(query, lexical_weight=1.5)
+
+
 def test_add_products_scores_a_new_product_without_retraining(fresh_text_only, tiny_snapshot):
     scorer = fresh_text_only
     i = tiny_snapshot.id_maps["product"].index("P03")
