@@ -22,7 +22,7 @@ import torch
 
 from fusion.data import SearchBatch
 from fusion.models import FusedConfig, FusedRecommender
-from fusion.hybrid import choose_lexical_weight, mix
+from fusion.hybrid import HybridSearch, choose_lexical_weight, mix
 from fusion.search import SearchTask, evaluate_search, judged_examples, model_scores, search_graph
 from fusion.search import search_metrics_per_query as evaluate_search_per_query
 from fusion.search_metrics import mean_search_metrics
@@ -97,9 +97,12 @@ class SearchBenchmarkConfig:
             were judged for no train query; the gate starts at 95% text, ``gate_bias=3.0``).
         max_train_queries: train on at most this many train queries (None = all).
         ks: metric cut-offs.
-        cross_encoder: add a second stage: a cross-encoder (:mod:`fusion.rerank`) trained on
-            ``cross_encoder_queries`` train queries re-orders the last fused model's top
-            ``rerank_depth`` (full protocol) and the judged products (rerank protocol).
+        cross_encoder: add a second stage: a cross-encoder (:mod:`fusion.rerank`) re-orders the
+            first stage's top ``rerank_depth`` (full protocol) and the judged products (rerank
+            protocol). The first stage is the last fused model, mixed with BM25 when ``hybrid``
+            ran. The cross-encoder trains on ``cross_encoder_queries`` train queries, each with
+            its judged products and its first-stage top ``rerank_depth`` (unjudged ones as
+            grade-0 negatives: the candidates it will re-order at test time).
     """
 
     models: tuple[str, ...] = SEARCH_MODELS
@@ -195,6 +198,7 @@ def run_search_benchmark(
     results: list[SearchResult] = []
     last_fused = None
     fused_models: list[tuple[FusedRecommender, str]] = []
+    lexical_weights: dict[int, float] = {}  # id(fused model) -> its hybrid weight
     for name in config.models:
         start = time.perf_counter()
         if name == "random":  # the floor: the rerank protocol is near-saturated on judged lists
@@ -208,6 +212,7 @@ def run_search_benchmark(
             for model, mode in fused_models:
                 start = time.perf_counter()
                 choice = choose_lexical_weight(model_scores(model)(valid), bm25_valid, valid)
+                lexical_weights[id(model)] = choice.weight
                 extra = {"lexical_weight": choice.weight, "valid_curve": {str(w): v for w, v in choice.curve.items()}}
                 test_metrics = score(mix(model_scores(model)(test), bm25_test, choice.weight), extra)
                 results.append(SearchResult(f"{model.name} + bm25", mode, test_metrics, choice.best,
@@ -269,40 +274,65 @@ def run_search_benchmark(
             r = results[-1]
             tqdm.write(f"{name}: test ndcg@10 full {r.test['full']['ndcg@10']:.4f} rerank {r.test['rerank']['ndcg@10']:.4f}")
     if config.cross_encoder and last_fused is not None:
-        results.append(_cross_encoder_row(data, encoder, config, *last_fused, train, test, score, progress))
+        model = last_fused[0]
+        first_stage, name = model_scores(model), model.name
+        if id(model) in lexical_weights:
+            first_stage, name = HybridSearch(model_scores(model), bm25, lexical_weights[id(model)]), f"{model.name} + bm25"
+        results.append(_cross_encoder_row(data, encoder, config, first_stage, name, last_fused[1], train, test, score,
+                                          progress, device=model.device))
     return results
 
 
-def _cross_encoder_row(data, encoder, config, model, mode, train, test, score, progress) -> SearchResult:
-    """Second stage: a cross-encoder re-orders the fused model's top ``rerank_depth``."""
+def rerank_training_pairs(batch: SearchBatch, first: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training pairs for a re-ranker: ``(query rows [N], products [N], grades [N])``.
+
+    Each query of ``batch`` contributes its judged products with their grades, then the
+    products of its first-stage top ``depth`` (``first``: ``[B, P]`` scores) that it did not
+    judge, at grade 0: the candidates a re-ranker re-orders at test time, so it learns to push
+    unjudged look-alikes down, not only to order judged products among themselves."""
+    judged = batch.products >= 0
+    rows = judged.nonzero()[:, 0]
+    products, grades = batch.products[judged], batch.grades[judged].float()
+    top = torch.topk(first, min(depth, first.shape[1]), dim=1).indices
+    known = (top.unsqueeze(2) == batch.products.unsqueeze(1)).any(2)
+    extra_rows = torch.arange(len(batch)).unsqueeze(1).expand_as(top)[~known]
+    order = torch.argsort(torch.cat([rows, extra_rows]), stable=True)  # group each query's pairs
+    return (torch.cat([rows, extra_rows])[order], torch.cat([products, top[~known]])[order],
+            torch.cat([grades, torch.zeros(int((~known).sum()))])[order])
+
+
+def _cross_encoder_row(data, encoder, config, first_stage, first_name, mode, train, test, score, progress,
+                       device=None) -> SearchResult:
+    """Second stage: a cross-encoder re-orders the first stage's top ``rerank_depth``."""
     from fusion.rerank import CrossEncoderConfig, CrossEncoderReranker
 
     start = time.perf_counter()
     subset = train[: config.cross_encoder_queries]
-    judged = subset.products >= 0
-    rows = judged.nonzero()
+    rows, products, grades = rerank_training_pairs(subset, first_stage(subset), config.rerank_depth)
     reranker = CrossEncoderReranker(encoder, CrossEncoderConfig(seed=config.train.seed))
-    reranker.to(model.device)
-    history = reranker.fit([subset.texts[int(r)] for r in rows[:, 0]], [data.titles[int(p)] for p in subset.products[judged]],
-                           subset.grades[judged], rows[:, 0], progress=progress)
-    first = model_scores(model)(test)
+    if device is not None:
+        reranker.to(device)
+    history = reranker.fit([subset.texts[int(r)] for r in rows], [data.titles[int(p)] for p in products],
+                           grades, rows, progress=progress)
+    first = first_stage(test)
     depth = min(config.rerank_depth, first.shape[1])
     top = torch.topk(first, depth, dim=1).indices
     ce = reranker.rerank_scores(test.texts, top, data.titles)
     full = torch.full_like(first, float("-inf"))
     full.scatter_(1, top, ce - ce.min() + 1.0)  # the re-ordered top-K ahead of everything else
     judged_scores = reranker.rerank_scores(test.texts, test.products, data.titles)
-    metrics = {"full": evaluate_search(full, test, ks=config.ks, protocol="full"),
-               "rerank": evaluate_search(judged_scores, test, ks=config.ks, protocol="rerank")}
+    extra = {"train_queries": len(subset), "train_pairs": int(len(rows)), "negatives": int((grades == 0).sum()),
+             "fit": {k: v for k, v in history.items() if k != "loss"}}
+    metrics = score(full, extra)
+    metrics["rerank"] = evaluate_search(judged_scores, test, ks=config.ks, protocol="rerank")
     trainable = sum(p.numel() for p in reranker.parameters() if p.requires_grad)
     if progress:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"cross-encoder over {model.name}: test ndcg@10 full {metrics['full']['ndcg@10']:.4f} "
+        tqdm.write(f"cross-encoder over {first_name}: test ndcg@10 full {metrics['full']['ndcg@10']:.4f} "
                    f"rerank {metrics['rerank']['ndcg@10']:.4f}")
-    return SearchResult(f"{model.name} + cross-encoder@{depth}", reranker.config.tuning.mode, metrics, None,
-                        round(time.perf_counter() - start, 1), trainable, reranker.config.epochs,
-                        {"train_queries": len(subset), "fit": {k: v for k, v in history.items() if k != "loss"}})
+    return SearchResult(f"{first_name} + cross-encoder@{depth}", reranker.config.tuning.mode, metrics, None,
+                        round(time.perf_counter() - start, 1), trainable, reranker.config.epochs, extra)
 
 
 def search_results_markdown(results: list[SearchResult], k: int = 10) -> str:

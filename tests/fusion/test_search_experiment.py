@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from fusion.bm25 import BM25Ranker
 from fusion.search import evaluate_search
@@ -93,3 +94,29 @@ def test_benchmark_runs_every_model_and_the_hybrid_in_one_run(data, encoder):
 def test_hybrid_needs_the_fused_model():
     with pytest.raises(ValueError, match="fused"):
         SearchBenchmarkConfig(models=("bm25", "hybrid"))
+
+
+def test_rerank_training_pairs_add_unjudged_first_stage_negatives():
+    from fusion.data import SearchBatch
+    from fusion.search_experiment import rerank_training_pairs
+
+    batch = SearchBatch(torch.zeros(2, 3), torch.tensor([[4, 1], [2, -1]]), torch.tensor([[2.0, 0.0], [1.0, 0.0]]),
+                        torch.full((2,), -1), torch.full((2, 1), -1), torch.full((2,), -1), ["a", "b"])
+    first = torch.tensor([[0.0, 0.9, 0.1, 0.8, 0.2, 0.0], [0.5, 0.0, 0.9, 0.1, 0.0, 0.7]])
+    rows, products, grades = rerank_training_pairs(batch, first, depth=3)
+    pairs = sorted(zip(rows.tolist(), products.tolist(), grades.tolist()))
+    # query 0: judged 4 (2) and 1 (0); top-3 = 1, 3, 4 -> 3 is new. query 1: judged 2; top-3 = 2, 5, 0
+    assert pairs == [(0, 1, 0.0), (0, 3, 0.0), (0, 4, 2.0), (1, 0, 0.0), (1, 2, 1.0), (1, 5, 0.0)]
+    assert rows.tolist() == sorted(rows.tolist())  # each query's pairs together
+
+
+def test_cross_encoder_stage_reranks_the_hybrid_first_stage(data, encoder):
+    config = SearchBenchmarkConfig(
+        models=("bm25", "fused", "hybrid"), modes=("frozen",), batch_size=8, cross_encoder=True,
+        cross_encoder_queries=10, rerank_depth=5, train=TrainConfig(epochs=1, lr=1e-2, patience=1, seed=0),
+    )
+    results = run_search_benchmark(data, encoder, config, progress=False)
+    ce = results[-1]
+    assert ce.model == "fused + bm25 + cross-encoder@5" and ce.extra["train_queries"] == 10
+    assert ce.extra["negatives"] > 0 and ce.extra["train_pairs"] > ce.extra["negatives"]
+    assert "vs_bm25_ndcg@10" in ce.extra and 0.0 <= ce.test["full"]["ndcg@10"] <= 1.0
