@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the non-BERT parameters")
     parser.add_argument("--gate-bias", type=float, default=3.0, help="initial text/graph gate bias of the fused model")
     parser.add_argument("--batch-size", type=int, default=512, help="queries per step")
+    parser.add_argument("--tuned-batch-size", type=int, default=None,
+                        help="queries per step for modes whose BERT trains (default: --batch-size)")
+    parser.add_argument("--tuned-epochs", type=int, default=None, help="epochs for modes whose BERT trains (default: --epochs)")
     parser.add_argument("--feature-ids", action="store_true",
                         help="give products and query nodes ID embeddings in the GNN (default: feature-only)")
     parser.add_argument("--max-train-queries", type=int, default=None)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         modes=tuple(m for m in args.modes.split(",") if m),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed,
                           device=args.device, precision=args.precision),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, tuned_batch_size=args.tuned_batch_size, tuned_epochs=args.tuned_epochs,
         fused=FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=args.feature_ids,
                            gate_bias=args.gate_bias),
         max_train_queries=args.max_train_queries,
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"counts": data.counts, "queries": data.queries["split"].value_counts().to_dict(),
                  "products": data.snapshot.num_products, "prepare_seconds": round(prepared, 1)},
         "config": {"models": config.models, "modes": config.modes, "train": asdict(config.train),
-                   "batch_size": config.batch_size, "max_train_queries": config.max_train_queries,
+                   "batch_size": config.batch_size, "tuned_batch_size": config.tuned_batch_size,
+                   "tuned_epochs": config.tuned_epochs, "max_train_queries": config.max_train_queries,
                    "max_length": args.max_length},
         "results": [asdict(r) for r in results],
         "table": table,

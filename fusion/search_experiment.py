@@ -95,6 +95,10 @@ class SearchBenchmarkConfig:
             product text into the GNN, so ``graph_text_input`` defaults to True; products and
             query nodes are feature-only, ``feature_ids=False``: most relevant test products
             were judged for no train query; the gate starts at 95% text, ``gate_bias=3.0``).
+        tuned_batch_size, tuned_epochs: batch size and epochs of the fused models whose BERT
+            trains (modes other than ``frozen``; default None: ``batch_size`` / ``train.epochs``).
+            Their steps cost BERT passes over the batch's texts and their softmax runs over the
+            batch's products, so smaller, more numerous batches suit them.
         max_train_queries: train on at most this many train queries (None = all).
         ks: metric cut-offs.
         cross_encoder: add a second stage: a cross-encoder (:mod:`fusion.rerank`) re-orders the
@@ -109,8 +113,11 @@ class SearchBenchmarkConfig:
     modes: tuple[str, ...] = ("frozen",)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, lr=1e-3, patience=2))
     batch_size: int = 512
+    tuned_batch_size: int | None = None
+    tuned_epochs: int | None = None
     fused: FusedConfig = field(
-        default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=False)
+        default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=False,
+                                            gate_bias=3.0)
     )
     max_train_queries: int | None = None
     ks: tuple[int, ...] = (3, 10)
@@ -247,11 +254,16 @@ def run_search_benchmark(
                 model.name = name if mode == "frozen" else f"{name}[{mode}]"
                 if tower is not None and mode == "prompt":
                     model.refresh_text()  # virtual tokens change even the untrained tower's vectors
-                task = SearchTask(train=train, valid=valid, batch_size=config.batch_size, graph=graph)
-                history = fit(model, snapshot, config.train, progress=progress, search=task)
+                batch_size, train_config = config.batch_size, config.train
+                if tower is not None and tower.trainable:
+                    batch_size = config.tuned_batch_size or batch_size
+                    train_config = replace(train_config, epochs=config.tuned_epochs or train_config.epochs)
+                task = SearchTask(train=train, valid=valid, batch_size=batch_size, graph=graph)
+                history = fit(model, snapshot, train_config, progress=progress, search=task)
                 model.eval()
                 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-                extra = {"config": asdict(fused_cfg), "examples_per_second": round(history.examples_per_second, 1),
+                extra = {"config": asdict(fused_cfg), "batch_size": batch_size,
+                         "examples_per_second": round(history.examples_per_second, 1),
                          "train_step_seconds": round(history.train_seconds, 1), "valid_curve": history.valid_search_ndcg}
                 test_metrics = score(model_scores(model)(test), extra)
                 if tower is not None:

@@ -120,3 +120,17 @@ def test_cross_encoder_stage_reranks_the_hybrid_first_stage(data, encoder):
     assert ce.model == "fused + bm25 + cross-encoder@5" and ce.extra["train_queries"] == 10
     assert ce.extra["negatives"] > 0 and ce.extra["train_pairs"] > ce.extra["negatives"]
     assert "vs_bm25_ndcg@10" in ce.extra and 0.0 <= ce.test["full"]["ndcg@10"] <= 1.0
+
+
+def test_tuned_modes_get_their_own_batch_size_and_epochs(data, encoder):
+    config = SearchBenchmarkConfig(
+        models=("bm25", "fused", "hybrid"), modes=("frozen", "lora"), batch_size=16, tuned_batch_size=4, tuned_epochs=1,
+        train=TrainConfig(epochs=2, lr=1e-2, patience=2, seed=0),
+    )
+    results = run_search_benchmark(data, encoder, config, progress=False)
+    rows = {r.model: r for r in results}
+    assert list(rows) == ["bm25", "fused", "fused[lora]", "fused + bm25", "fused[lora] + bm25"]
+    assert rows["fused"].extra["batch_size"] == 16 and rows["fused"].epochs == 2
+    assert rows["fused[lora]"].extra["batch_size"] == 4 and rows["fused[lora]"].epochs == 1
+    assert rows["fused[lora]"].extra["text_tower"]["trainable"] > 0
+    assert rows["fused[lora] + bm25"].mode == "lora"
