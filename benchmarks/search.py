@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuned-batch-size", type=int, default=None,
                         help="queries per step for modes whose BERT trains (default: --batch-size)")
     parser.add_argument("--tuned-epochs", type=int, default=None, help="epochs for modes whose BERT trains (default: --epochs)")
+    parser.add_argument("--catalogue-loss", type=float, default=0.0,
+                        help="modes whose BERT trains: weight of the whole-catalogue loss on cached text (FusedConfig.catalogue_loss)")
     parser.add_argument("--feature-ids", action="store_true",
                         help="give products and query nodes ID embeddings in the GNN (default: feature-only)")
     parser.add_argument("--max-train-queries", type=int, default=None)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                           device=args.device, precision=args.precision),
         batch_size=args.batch_size, tuned_batch_size=args.tuned_batch_size, tuned_epochs=args.tuned_epochs,
         fused=FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=args.feature_ids,
-                           gate_bias=args.gate_bias),
+                           gate_bias=args.gate_bias, catalogue_loss=args.catalogue_loss),
         max_train_queries=args.max_train_queries,
         cross_encoder=args.cross_encoder, cross_encoder_queries=args.cross_encoder_queries,
     )

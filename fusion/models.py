@@ -357,6 +357,11 @@ class FusedConfig:
             validation NDCG falls after the first epoch (``benchmarks/search.py --feature-ids``
             shows the curve). Keep True for recommendation, where every test product was seen
             in training.
+        catalogue_loss: with a trainable text tower, add this weight times a second listwise
+            search loss over the whole catalogue, scored against the cached product text: the
+            products' side carries no tower gradient (no fresh-vs-stale shortcut), the queries'
+            side does, and adapters and GNN see every product as a negative, as with a frozen
+            BERT. The in-batch loss (fresh products) stays. Default 0.0: in-batch only.
     """
 
     graph_dim: int = 64
@@ -372,8 +377,11 @@ class FusedConfig:
     graph_text_input: bool = False
     personalize_search: bool = True
     feature_ids: bool = True
+    catalogue_loss: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.catalogue_loss >= 0:
+            raise ValueError(f"catalogue_loss must be >= 0, got {self.catalogue_loss}")
         if not (self.use_text or self.use_graph):
             raise ValueError("FusedConfig needs use_text or use_graph")
         if not 0 < self.recency_decay <= 1:
@@ -604,24 +612,32 @@ class FusedRecommender(Recommender):
             raise NotImplementedError(f"{self.name} was built without query_dim: it cannot encode a query")
         return self.query_proj(q)
 
-    def _search_products(self, batch: SearchBatch, rec: RecBatch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Product tower for a search (and recommendation) batch: in training the batches'
-        supervision pairs leave the message-passing graph and fresh text rows are encoded."""
-        if not self.training:
-            return self._towers(None)
+    def _search_edges(self, batch: SearchBatch, rec: RecBatch | None = None) -> dict:
+        """The message-passing edges without the batches' supervision pairs (training)."""
         edges = dict(self.edge_index_dict)
         if rec is not None:
             edges = drop_pairs(edges, INTERACTION_EDGE, REV_INTERACTION_EDGE, rec.users, rec.targets)
         judged = batch.products.shape[1]
         edges = drop_pairs(edges, INTERACTION_EDGE, REV_INTERACTION_EDGE,
                            batch.users.repeat_interleave(judged), batch.products.flatten())
-        edges = drop_pairs(edges, QUERY_EDGE, REV_QUERY_EDGE,
-                           batch.query_nodes.repeat_interleave(judged), batch.products.flatten())
+        return drop_pairs(edges, QUERY_EDGE, REV_QUERY_EDGE,
+                          batch.query_nodes.repeat_interleave(judged), batch.products.flatten())
+
+    def _search_products(self, batch: SearchBatch, rec: RecBatch | None = None,
+                         edges: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Product tower for a search (and recommendation) batch: in training the batches'
+        supervision pairs leave the message-passing graph and fresh text rows are encoded."""
+        if not self.training:
+            return self._towers(None)
+        edges = self._search_edges(batch, rec) if edges is None else edges
         fresh = batch.products.flatten() if rec is None else torch.cat([batch.products.flatten(), rec.targets])
         return self._encode(edges, self._fresh_text(fresh))
 
-    def _search_logits(self, batch: SearchBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
-        q = F.normalize(self.query_vectors(batch.queries, batch.texts), dim=-1)
+    def _search_logits(self, batch: SearchBatch, products: torch.Tensor, user_nodes: torch.Tensor | None,
+                       queries: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, P]`` logits; ``queries``: the batch's ``query_vectors`` when already computed."""
+        q = self.query_vectors(batch.queries, batch.texts) if queries is None else queries
+        q = F.normalize(q, dim=-1)
         has_history = (batch.history >= 0).any(1, keepdim=True)
         if self.config.personalize_search and bool(has_history.any()):
             user = self._users(RecBatch(batch.users.clamp(min=0), batch.history, batch.users), products, user_nodes)
@@ -634,7 +650,7 @@ class FusedRecommender(Recommender):
         products, user_nodes = self._search_products(batch)
         return self._search_logits(batch, products, user_nodes)
 
-    def _graded_loss(self, logits: torch.Tensor, batch: SearchBatch) -> torch.Tensor:
+    def _graded_loss(self, logits: torch.Tensor, batch: SearchBatch, in_batch: bool = True) -> torch.Tensor:
         judged = batch.products >= 0
         gains = torch.where(judged, torch.pow(2.0, batch.grades.float()) - 1.0, 0.0)
         total = gains.sum(1)
@@ -642,22 +658,38 @@ class FusedRecommender(Recommender):
         if not bool(keep.any()):
             return logits.sum() * 0.0
         target = gains / total.clamp(min=1e-12).unsqueeze(1)
-        logits, products = self._in_batch(logits, batch.products)
+        products = batch.products
+        if in_batch:
+            logits, products = self._in_batch(logits, products)
         picked = torch.log_softmax(logits.float(), dim=-1).gather(1, products.clamp(min=0))
         return -(target * picked).sum(1)[keep].mean()
+
+    def _search_term(self, batch: SearchBatch, rec: RecBatch | None = None):
+        """(search loss, products, user nodes) of one step: the listwise loss, plus
+        ``catalogue_loss`` times its whole-catalogue twin on cached text while a trainable
+        text tower trains."""
+        edges = self._search_edges(batch, rec) if self.training else None
+        products, user_nodes = self._search_products(batch, rec, edges)
+        queries = self.query_vectors(batch.queries, batch.texts)
+        loss = self._graded_loss(self._search_logits(batch, products, user_nodes, queries), batch)
+        if self.training and self._fresh_rows is not None and self.config.catalogue_loss > 0:
+            cached, cached_users = self._encode(edges)  # the cache: no tower gradient on the product side
+            logits = self._search_logits(batch, cached, cached_users, queries)
+            loss = loss + self.config.catalogue_loss * self._graded_loss(logits, batch, in_batch=False)
+        return loss, products, user_nodes
 
     def search_loss(self, batch: SearchBatch) -> torch.Tensor:
         """Listwise softmax cross-entropy over all products against the target distribution
         ``∝ 2^grade - 1`` of each query's judged products (queries with no gain skipped)."""
-        return self._graded_loss(self.search_logits(batch), batch)
+        return self._search_term(batch)[0]
 
     def forward(self, batch: RecBatch | None, search: SearchBatch | None = None, search_weight: float = 1.0) -> torch.Tensor:
         """Multi-task loss with one shared product tower (one graph pass for both tasks):
         ``loss(batch) + search_weight * search_loss(search)``; either part may be None."""
         if search is None:
             return self.loss(batch)
-        products, user_nodes = self._search_products(search, batch)
-        loss = search_weight * self._graded_loss(self._search_logits(search, products, user_nodes), search)
+        search_loss, products, user_nodes = self._search_term(search, batch)
+        loss = search_weight * search_loss
         if batch is not None and len(batch):
             users = self._users(batch, products, user_nodes)
             logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature

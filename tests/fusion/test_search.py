@@ -284,3 +284,43 @@ def test_feature_only_search_model_round_trips_without_id_embeddings(tiny_snapsh
         m.eval()
         m.set_graph(tiny_snapshot.message_passing("test"))
     assert torch.allclose(model.product_embeddings(), art.model.product_embeddings(), atol=1e-5)
+
+
+def test_catalogue_loss_adds_the_whole_catalogue_softmax_on_cached_text(tiny_snapshot, tiny_bert_dir):
+    from encoders.text import TextEncoder, TextEncoderConfig
+    from encoders.tuning import TextTuningConfig, TunedTextEncoder
+
+    encoder = TextEncoder(TextEncoderConfig(model_path=tiny_bert_dir))
+    texts = list(tiny_snapshot.product_text)
+    torch.manual_seed(0)
+    model = FusedRecommender(
+        tiny_snapshot.num_users, tiny_snapshot.num_products,
+        FusedConfig(graph_dim=8, max_history=5, dropout=0.0, catalogue_loss=0.5),
+        text_features=encoder.encode(texts), num_nodes=tiny_snapshot.num_nodes,
+        edge_types=list(tiny_snapshot.message_passing("train").edge_types),
+        text_tower=TunedTextEncoder(encoder, TextTuningConfig(mode="lora")), product_texts=texts,
+    )
+    model.set_graph(tiny_snapshot.message_passing("train"))
+    queries = ["drill kit", "red gloves"]
+    batch = SearchBatch(encoder.encode(queries), torch.tensor([[5, 2], [9, -1]]), torch.tensor([[1.0, 2.0], [1.0, 0.0]]),
+                        torch.full((2,), -1), torch.full((2, 5), -1), torch.full((2,), -1), queries)
+    model.train()
+    torch.manual_seed(1)
+    loss = model.search_loss(batch)
+    torch.manual_seed(1)  # the same dropout masks, the same order of passes
+    edges = model._search_edges(batch)
+    products, _ = model._search_products(batch, None, edges)
+    q = model.query_vectors(batch.queries, batch.texts)
+    in_batch = model._graded_loss(model._search_logits(batch, products, None, q), batch)
+    cached, _ = model._encode(edges)
+    whole = model._graded_loss(model._search_logits(batch, cached, None, q), batch, in_batch=False)
+    assert torch.allclose(loss, in_batch + 0.5 * whole, atol=1e-5)
+    assert whole.item() > 0 and not torch.allclose(whole, in_batch)  # 24 products vs the batch's 3
+    loss.backward()
+    lora = [p for n, p in model.text_tower.named_parameters() if p.requires_grad]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    model.eval()  # evaluation: the plain scores, whatever the training loss
+    with torch.no_grad():
+        assert torch.isfinite(model.search_loss(batch))
+    with pytest.raises(ValueError, match="catalogue_loss"):
+        FusedConfig(catalogue_loss=-1.0)
