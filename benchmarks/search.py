@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuned-batch-size", type=int, default=None,
                         help="queries per step for modes whose BERT trains (default: --batch-size)")
     parser.add_argument("--tuned-epochs", type=int, default=None, help="epochs for modes whose BERT trains (default: --epochs)")
-    parser.add_argument("--catalogue-loss", type=float, default=0.0,
+    parser.add_argument("--catalogue-loss", type=float, default=1.0,
                         help="modes whose BERT trains: weight of the whole-catalogue loss on cached text (FusedConfig.catalogue_loss)")
     parser.add_argument("--feature-ids", action="store_true",
                         help="give products and query nodes ID embeddings in the GNN (default: feature-only)")

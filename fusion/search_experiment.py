@@ -94,7 +94,8 @@ class SearchBenchmarkConfig:
         fused: architecture of the text/graph models (the search graph feeds query and
             product text into the GNN, so ``graph_text_input`` defaults to True; products and
             query nodes are feature-only, ``feature_ids=False``: most relevant test products
-            were judged for no train query; the gate starts at 95% text, ``gate_bias=3.0``).
+            were judged for no train query; the gate starts at 95% text, ``gate_bias=3.0``;
+            fine-tuned towers add the whole-catalogue loss on cached text, ``catalogue_loss=1.0``).
         tuned_batch_size, tuned_epochs: batch size and epochs of the fused models whose BERT
             trains (modes other than ``frozen``; default None: ``batch_size`` / ``train.epochs``).
             Their steps cost BERT passes over the batch's texts and their softmax runs over the
@@ -117,7 +118,7 @@ class SearchBenchmarkConfig:
     tuned_epochs: int | None = None
     fused: FusedConfig = field(
         default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=False,
-                                            gate_bias=3.0)
+                                            gate_bias=3.0, catalogue_loss=1.0)
     )
     max_train_queries: int | None = None
     ks: tuple[int, ...] = (3, 10)
