@@ -44,13 +44,17 @@ def mix(dense: torch.Tensor, lexical: torch.Tensor, weight: float) -> torch.Tens
     """``(1 - weight) * standardize(dense) + weight * standardize(lexical)``, both ``[B, P]``."""
     if dense.shape != lexical.shape:
         raise ValueError(f"dense and lexical scores differ in shape: {tuple(dense.shape)} vs {tuple(lexical.shape)}")
+    return _mix_standardized(standardize(dense), standardize(lexical), weight)
+
+
+def _mix_standardized(dense: torch.Tensor, lexical: torch.Tensor, weight: float) -> torch.Tensor:
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"lexical weight must be in [0, 1], got {weight}")
-    if weight == 0.0:
-        return standardize(dense)
+    if weight == 0.0:  # exact ends: no 0 * -inf
+        return dense
     if weight == 1.0:
-        return standardize(lexical)
-    return (1.0 - weight) * standardize(dense) + weight * standardize(lexical)
+        return lexical
+    return (1.0 - weight) * dense + weight * lexical
 
 
 @dataclass
@@ -81,9 +85,12 @@ def choose_lexical_weight(
     if not grid:
         raise ValueError("choose_lexical_weight needs a non-empty grid")
     k = int(metric.split("@")[1]) if "@" in metric else 10
+    if dense.shape != lexical.shape:
+        raise ValueError(f"dense and lexical scores differ in shape: {tuple(dense.shape)} vs {tuple(lexical.shape)}")
+    dense, lexical = standardize(dense), standardize(lexical)  # once, not per grid point
     curve: dict[float, float] = {}
     for w in sorted(float(w) for w in grid):
-        curve[w] = float(evaluate_search(mix(dense, lexical, w), batch, ks=(k,), protocol="full")[metric])
+        curve[w] = float(evaluate_search(_mix_standardized(dense, lexical, w), batch, ks=(k,), protocol="full")[metric])
     best = max(curve, key=lambda w: (curve[w], -w))
     return WeightChoice(best, metric, curve)
 

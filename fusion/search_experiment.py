@@ -204,9 +204,9 @@ def run_search_benchmark(
         return {p: mean_search_metrics(v) for p, v in per_query.items()}
 
     results: list[SearchResult] = []
-    last_fused = None
-    fused_models: list[tuple[FusedRecommender, str]] = []
-    lexical_weights: dict[int, float] = {}  # id(fused model) -> its hybrid weight
+    hybrid_rows: list[SearchResult] = []  # built right after each fused model, listed at "hybrid"
+    bm25_valid = None
+    first_stage = None  # (model, mode, score fn, its test scores, name) of the last fused model
     for name in config.models:
         start = time.perf_counter()
         if name == "random":  # the floor: the rerank protocol is near-saturated on judged lists
@@ -216,19 +216,7 @@ def run_search_benchmark(
         elif name == "bm25":
             results.append(SearchResult(name, "-", score(bm25_test), None, bm25_seconds, 0, 0))
         elif name == "hybrid":
-            bm25_valid = bm25.score_all(valid.texts)
-            for model, mode in fused_models:
-                start = time.perf_counter()
-                choice = choose_lexical_weight(model_scores(model)(valid), bm25_valid, valid)
-                lexical_weights[id(model)] = choice.weight
-                extra = {"lexical_weight": choice.weight, "valid_curve": {str(w): v for w, v in choice.curve.items()}}
-                test_metrics = score(mix(model_scores(model)(test), bm25_test, choice.weight), extra)
-                results.append(SearchResult(f"{model.name} + bm25", mode, test_metrics, choice.best,
-                                            round(time.perf_counter() - start, 1), 0, 0, extra))
-                if progress:
-                    from tqdm.auto import tqdm
-
-                    tqdm.write(f"{model.name} + bm25 (w={choice.weight}): test ndcg@10 full {test_metrics['full']['ndcg@10']:.4f}")
+            results.extend(hybrid_rows)
         elif name == "text-zero-shot":
             q = torch.nn.functional.normalize(test.queries, dim=-1)
             p = torch.nn.functional.normalize(product_vectors, dim=-1)
@@ -266,7 +254,8 @@ def run_search_benchmark(
                 extra = {"config": asdict(fused_cfg), "batch_size": batch_size,
                          "examples_per_second": round(history.examples_per_second, 1),
                          "train_step_seconds": round(history.train_seconds, 1), "valid_curve": history.valid_search_ndcg}
-                test_metrics = score(model_scores(model)(test), extra)
+                test_scores = model_scores(model)(test)
+                test_metrics = score(test_scores, extra)
                 if tower is not None:
                     extra["text_tower"] = {**tower.parameter_counts(), "lr": tower.config.learning_rate()}
                 best = history.valid_search_ndcg[history.best_epoch] if history.best_epoch >= 0 else None
@@ -277,22 +266,35 @@ def run_search_benchmark(
 
                     tqdm.write(f"{model.name}: test ndcg@10 full {test_metrics['full']['ndcg@10']:.4f} "
                                f"rerank {test_metrics['rerank']['ndcg@10']:.4f} ({history.seconds:.0f} s)")
-                last_fused = (model, mode) if name == "fused" else None
-                if name == "fused" and "hybrid" in config.models:
-                    fused_models.append((model, mode))
-                del tower
+                if name == "fused":
+                    first_stage = (model, mode, model_scores(model), test_scores, model.name)
+                    if "hybrid" in config.models:
+                        start = time.perf_counter()
+                        if bm25_valid is None:
+                            bm25_valid = bm25.score_all(valid.texts)
+                        choice = choose_lexical_weight(model_scores(model)(valid), bm25_valid, valid)
+                        extra = {"lexical_weight": choice.weight, "valid_curve": {str(w): v for w, v in choice.curve.items()}}
+                        test_scores = mix(test_scores, bm25_test, choice.weight)
+                        hybrid_metrics = score(test_scores, extra)
+                        hybrid_rows.append(SearchResult(f"{model.name} + bm25", mode, hybrid_metrics, choice.best,
+                                                        round(time.perf_counter() - start, 1), 0, 0, extra))
+                        first_stage = (model, mode, HybridSearch(model_scores(model), bm25, choice.weight), test_scores,
+                                       f"{model.name} + bm25")
+                        if progress:
+                            from tqdm.auto import tqdm
+
+                            tqdm.write(f"{model.name} + bm25 (w={choice.weight}): test ndcg@10 full "
+                                       f"{hybrid_metrics['full']['ndcg@10']:.4f}")
+                del tower, test_scores
         if progress and name in ("random", "bm25", "text-zero-shot"):
             from tqdm.auto import tqdm
 
             r = results[-1]
             tqdm.write(f"{name}: test ndcg@10 full {r.test['full']['ndcg@10']:.4f} rerank {r.test['rerank']['ndcg@10']:.4f}")
-    if config.cross_encoder and last_fused is not None:
-        model = last_fused[0]
-        first_stage, name = model_scores(model), model.name
-        if id(model) in lexical_weights:
-            first_stage, name = HybridSearch(model_scores(model), bm25, lexical_weights[id(model)]), f"{model.name} + bm25"
-        results.append(_cross_encoder_row(data, encoder, config, first_stage, name, last_fused[1], train, test, score,
-                                          progress, device=model.device))
+    if config.cross_encoder and first_stage is not None:
+        model, mode, scores_of, first_test, first_name = first_stage
+        results.append(_cross_encoder_row(data, encoder, config, scores_of, first_test, first_name, mode, train, test,
+                                          score, progress, device=model.device))
     return results
 
 
@@ -314,9 +316,10 @@ def rerank_training_pairs(batch: SearchBatch, first: torch.Tensor, depth: int) -
             torch.cat([grades, torch.zeros(int((~known).sum()))])[order])
 
 
-def _cross_encoder_row(data, encoder, config, first_stage, first_name, mode, train, test, score, progress,
+def _cross_encoder_row(data, encoder, config, first_stage, first, first_name, mode, train, test, score, progress,
                        device=None) -> SearchResult:
-    """Second stage: a cross-encoder re-orders the first stage's top ``rerank_depth``."""
+    """Second stage: a cross-encoder re-orders the first stage's top ``rerank_depth`` (``first``:
+    the first stage's ``[B, P]`` test scores; ``first_stage`` scores the training queries)."""
     from fusion.rerank import CrossEncoderConfig, CrossEncoderReranker
 
     start = time.perf_counter()
@@ -327,7 +330,6 @@ def _cross_encoder_row(data, encoder, config, first_stage, first_name, mode, tra
         reranker.to(device)
     history = reranker.fit([subset.texts[int(r)] for r in rows], [data.titles[int(p)] for p in products],
                            grades, rows, progress=progress)
-    first = first_stage(test)
     depth = min(config.rerank_depth, first.shape[1])
     top = torch.topk(first, depth, dim=1).indices
     ce = reranker.rerank_scores(test.texts, top, data.titles)
