@@ -4,7 +4,7 @@ For each catalogue size ``P`` and dimension ``d`` (synthetic clustered unit vect
 cluster centres, each product a centre plus noise; queries drawn the same way) or for real
 product vectors (``--vectors FILE``: a safetensors file with ``products [P, d]`` and optionally
 ``users [Q, d]``, e.g. what ``benchmarks/scale.py`` writes to ``WORKDIR/SIZE/vectors.safetensors``),
-every index kind of :class:`fusion.retrieval.ProductIndex` is built and searched:
+every index kind of :class:`kgrec.serving.retrieval.ProductIndex` is built and searched:
 
 * build seconds, and memory: the index's own estimate (:meth:`ProductIndex.memory_bytes`) and the
   process RSS growth during the build;
@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fusion.retrieval import ProductIndex, recall_at_k  # noqa: E402
+from kgrec.serving.retrieval import ProductIndex, recall_at_k  # noqa: E402
 
 
 def parse_size(text: str) -> int:

@@ -10,12 +10,12 @@ scores every test user over every product. Timed on the same tensors, in the sam
 
 * ``bare``: ``torch.topk(U[users] @ I.T, k)`` — the floor: no exclusion, no batching;
 * ``bare + mask``: the same with the seen products masked out (a mask already on the device);
-* ``kgrec rank_top_k``: :func:`fusion.evaluate.rank_top_k` — ``model.score_all`` per batch of
+* ``kgrec rank_top_k``: :func:`kgrec.evaluation.recommendation.rank_top_k` — ``model.score_all`` per batch of
   2048, the exclusion mask moved per batch, ``topk``; its top-k must equal ``bare + mask``'s;
-* ``kgrec evaluate``: :func:`fusion.evaluate.evaluate` end to end — message-passing graph,
+* ``kgrec evaluate``: :func:`kgrec.evaluation.recommendation.evaluate` end to end — message-passing graph,
   vectorised evaluation inputs, device-side exclusion masks, ranking, per-user metrics;
 * ``kgrec rank_top_k_pairs``: the same ranking with the exclusion as index pairs, each chunk's
-  mask built on the device (:func:`fusion.evaluate.rank_top_k_pairs`);
+  mask built on the device (:func:`kgrec.evaluation.recommendation.rank_top_k_pairs`);
 * ``kgrec evaluate_detailed``: the report's evaluator (fast inputs, plus full ranks, AUC,
   coverage, ARP).
 
@@ -68,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_speed.json")
     args = ap.parse_args(argv)
 
-    from fusion.data import evaluation_examples
-    from fusion.evaluate import (evaluate, evaluate_detailed, evaluation_inputs, exclusion_mask, rank_top_k,
+    from kgrec.fusion.data import evaluation_examples
+    from kgrec.evaluation.recommendation import (evaluate, evaluate_detailed, evaluation_inputs, exclusion_mask, rank_top_k,
                                  rank_top_k_pairs)
-    from fusion.models import MatrixFactorization
-    from fusion.train import resolve_device
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.fusion.models import MatrixFactorization
+    from kgrec.fusion.train import resolve_device
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     if args.threads:
         torch.set_num_threads(args.threads)

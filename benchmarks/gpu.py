@@ -1,6 +1,6 @@
 """Joint LoRA-BERT + GNN training on one device: throughput, peak memory, metrics.
 
-The prepared GPU check of issue 8 — the same code path as on CPU (``fusion.train.fit``),
+The prepared GPU check of issue 8 — the same code path as on CPU (``kgrec.fusion.train.fit``),
 with bf16 autocast on CUDA (``--precision auto``). Usage (repository root)::
 
     python benchmarks/gpu.py --device cuda                       # a few minutes on one H100
@@ -47,15 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from encoders.text import TextEncoder, TextEncoderConfig
-    from encoders.tuning import TextTuningConfig, TunedTextEncoder
-    from fusion.evaluate import evaluate
-    from fusion.models import FusedConfig, FusedRecommender
-    from fusion.train import TrainConfig, autocast_dtype, fit, resolve_device
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.encoders.text import TextEncoder, TextEncoderConfig
+    from kgrec.encoders.tuning import TextTuningConfig, TunedTextEncoder
+    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.fusion.models import FusedConfig, FusedRecommender
+    from kgrec.fusion.train import TrainConfig, autocast_dtype, fit, resolve_device
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     device = resolve_device(args.device)
     tables = read_tables(args.data)

@@ -1,6 +1,6 @@
 """Ingest throughput: the demo tables into a fresh embedded store, rows per second.
 
-Measures the whole run of :mod:`ingest.pipeline` (read CSV/JSONL in chunks,
+Measures the whole run of :mod:`kgrec.ingest.pipeline` (read CSV/JSONL in chunks,
 validate, check duplicates and references, build node/edge frames, upsert into
 Parquet tables, checkpoint and reports) on ``--data`` (default
 ``data/amazon-scientific``: 72,254 rows), ``--repeat`` times into a fresh store
@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest.pipeline import IngestConfig, Ingestor  # noqa: E402
-from ingest.sources import discover  # noqa: E402
-from kg.embedded import EmbeddedStore  # noqa: E402
+from kgrec.ingest.pipeline import IngestConfig, Ingestor  # noqa: E402
+from kgrec.ingest.sources import discover  # noqa: E402
+from kgrec.kg.embedded import EmbeddedStore  # noqa: E402
 
 
 def run_once(data: Path, store_dir: Path) -> tuple[float, float, object]:

@@ -2,8 +2,8 @@
 
 Three measurements on the same rows, one process, one server:
 
-* ``embedded``: ``ingest.load.load_tables`` into a fresh :class:`kg.embedded.EmbeddedStore`;
-* ``kgrec bolt``: the same call into :class:`kg.neo4j_store.Neo4jStore` (batched
+* ``embedded``: ``kgrec.ingest.load.load_tables`` into a fresh :class:`kgrec.kg.embedded.EmbeddedStore`;
+* ``kgrec bolt``: the same call into :class:`kgrec.kg.neo4j_store.Neo4jStore` (batched
   ``UNWIND $rows ... MERGE`` in managed write transactions);
 * ``bare driver``: the official driver sending ``UNWIND $rows AS r CREATE (n:Bench) SET n = r``
   with the same batch size and the same number of rows — the floor any store on that
@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "tests" / "kg"))
 
 import neo4j  # noqa: E402
 
-from ingest.load import load_tables  # noqa: E402
-from ingest.tables import CatalogTables, read_tables  # noqa: E402
-from kg.embedded import EmbeddedStore  # noqa: E402
-from kg.neo4j_store import Neo4jConfig, Neo4jStore  # noqa: E402
+from kgrec.ingest.load import load_tables  # noqa: E402
+from kgrec.ingest.tables import CatalogTables, read_tables  # noqa: E402
+from kgrec.kg.embedded import EmbeddedStore  # noqa: E402
+from kgrec.kg.neo4j_store import Neo4jConfig, Neo4jStore  # noqa: E402
 
 
 def sample(tables: CatalogTables, interactions: int) -> CatalogTables:

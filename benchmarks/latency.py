@@ -1,4 +1,4 @@
-"""Serving latency of fusion.api.Scorer against a bare ``torch.topk(U @ I.T)``.
+"""Serving latency of kgrec.serving.api.Scorer against a bare ``torch.topk(U @ I.T)``.
 
 Measures p50 / p95 wall-clock latency of
 
@@ -66,16 +66,16 @@ def train_quick(data: Path, work: Path, epochs: int, device: str) -> Path:
     """Ingest ``data`` and train a fused model quickly; returns the artifact path (reused if present)."""
     from dataclasses import asdict
 
-    from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from fusion.artifact import save_artifact
-    from fusion.evaluate import evaluate
-    from fusion.experiment import build_model
-    from fusion.models import FusedConfig
-    from fusion.train import TrainConfig, fit
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+    from kgrec.serving.artifact import save_artifact
+    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.workflow.rec_benchmark import build_model
+    from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.train import TrainConfig, fit
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     artifact = work / "artifact"
     if (artifact / "config.json").is_file():
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    from fusion.api import Scorer
+    from kgrec.serving.api import Scorer
 
     artifact = args.artifact or train_quick(args.data, args.work, args.epochs, args.train_device)
     start = time.perf_counter()

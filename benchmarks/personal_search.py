@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from fusion.experiment import BenchmarkConfig
-    from fusion.search import category_query, unique_texts
-    from fusion.search_experiment import personal_results_markdown, run_personalized_search
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+    from kgrec.workflow.rec_benchmark import BenchmarkConfig
+    from kgrec.search.examples import category_query, unique_texts
+    from kgrec.workflow.search_benchmark import personal_results_markdown, run_personalized_search
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-personal-"))

@@ -17,14 +17,14 @@ What it does:
    left alone; a file that has neither form stops the run): ``weights_only=False`` on the trainer's
    two ``torch.load`` calls (torch >= 2.6), ``A._dict.update`` in LightGCN (current scipy);
 3. writes RecBole atomic files from the catalogue tables (``data/amazon-scientific``), split by
-   :func:`kg.export.leave_one_out` (timestamp = position in the user's sequence): benchmark files
+   :func:`kgrec.kg.export.leave_one_out` (timestamp = position in the user's sequence): benchmark files
    ``train/valid/test`` for BPR and LightGCN; one ``.inter`` file with ``LS: valid_and_test`` for
    SASRec, which cannot read benchmark files;
 4. trains each peer in a subprocess of that env (``nice``, ``--threads`` each, ``--jobs`` at once),
    keeps RecBole's early stopping on valid NDCG@10 and its best checkpoint, and scores the test
    users *with kgrec's protocol*: every item is ranked, the user's train+valid items are excluded
    (RecBole itself does not exclude them for sequential models), and the metrics are
-   :mod:`fusion.metrics` (imported from this checkout; it needs only torch). RecBole's own
+   :mod:`kgrec.evaluation.metrics` (imported from this checkout; it needs only torch). RecBole's own
    evaluator's numbers are kept beside them for reference;
 5. checks that the test (and valid) targets RecBole built are kgrec's leave-one-out targets
    (prints the number of mismatches, which must be 0);
@@ -155,8 +155,8 @@ def apply_fixes(package: Path, log=print) -> list[str]:
 
 def kgrec_split(data: Path):
     """The catalogue's interactions with kgrec's leave-one-out labels (``user_id, product_id, order, split``)."""
-    from ingest.tables import read_tables
-    from kg.export import leave_one_out
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.export import leave_one_out
 
     inter = read_tables(data).interactions[["user_id", "product_id", "order"]].copy()
     if inter.duplicated(["user_id", "order"]).any():
@@ -209,7 +209,7 @@ def worker(model_name: str, work: Path, epochs: int, stopping_step: int, threads
     work = Path(work).resolve()
     os.chdir(work)  # RecBole writes log/ and log_tensorboard/ into the working directory
     sys.path.insert(0, str(ROOT))
-    from fusion.metrics import auc_from_rank, metrics_from_position, target_rank  # only needs torch
+    from kgrec.evaluation.metrics import auc_from_rank, metrics_from_position, target_rank  # only needs torch
 
     import recbole
     from recbole.config import Config
@@ -375,8 +375,8 @@ def paired_vs_kgrec(per_user_parquet: Path, peers: dict[str, dict], reference: s
     import pandas as pd
     import torch
 
-    from fusion.metrics import metrics_from_position
-    from fusion.significance import holm, paired_test
+    from kgrec.evaluation.metrics import metrics_from_position
+    from kgrec.evaluation.significance import holm, paired_test
 
     frame = pd.read_parquet(per_user_parquet)
     if "protocol" in frame.columns:
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     for m in models:
         c = checks[m]
-        print(f"{m}: target mismatches vs kg.export.leave_one_out: test {c['test']['total']}, valid {c['valid']['total']}; "
+        print(f"{m}: target mismatches vs kgrec.kg.export.leave_one_out: test {c['test']['total']}, valid {c['valid']['total']}; "
               f"RecBole's own evaluator ndcg@10 {peers[m]['recbole_test'].get('ndcg@10', float('nan')):.4f}")
     significance = paired_vs_kgrec(args.kgrec_per_user, peers) if args.kgrec_per_user else []
     for s in significance:
@@ -516,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]),
-        "protocol": "leave-one-out by order (kg.export.leave_one_out); full ranking over all products; "
-                    "the user's train+valid products excluded; metrics of fusion.metrics",
+        "protocol": "leave-one-out by order (kgrec.kg.export.leave_one_out); full ranking over all products; "
+                    "the user's train+valid products excluded; metrics of kgrec.evaluation.metrics",
         "data": str(args.data),
         "split": {"interactions": {k: int(v) for k, v in counts.items()}, "repeat_test_targets": repeats},
         "fixes": fixes,

@@ -1,6 +1,6 @@
 """Time and peak memory of every stage of kgrec on synthetic catalogues of growing size.
 
-For each size (:data:`ingest.synthetic.SIZES`: ``10k``, ``100k``, ``1m`` products; 10 interactions
+For each size (:data:`kgrec.ingest.synthetic.SIZES`: ``10k``, ``100k``, ``1m`` products; 10 interactions
 per user on average) the stages run one after another, **each in its own Python process**
 (``python benchmarks/scale.py --stage NAME --size S --workdir W``), reading what the stage before
 wrote to ``W/S/``; the child's ``ru_maxrss`` is then that stage's peak resident memory (imports
@@ -8,28 +8,28 @@ included: the "imports MiB" column says how much of it torch & co. take before t
 
 Stages:
 
-``generate``  :func:`ingest.synthetic.generate_catalogue` (in memory).
-``write``     the tables to ``W/S/tables`` (:func:`ingest.synthetic.write_tables_fast`; same process
+``generate``  :func:`kgrec.ingest.synthetic.generate_catalogue` (in memory).
+``write``     the tables to ``W/S/tables`` (:func:`kgrec.ingest.synthetic.write_tables_fast`; same process
               as ``generate``, so its peak includes the generated tables).
 ``ingest``    the tables into an embedded store (``W/S/store``), the pipeline ``kgrec ingest`` runs
-              (:func:`ingest.sources.discover` + :class:`ingest.pipeline.Ingestor`, with checkpoint and reports).
-``export``    the store to a :class:`kg.export.GraphSnapshot` (saved to ``W/S/snapshot`` for the next stages,
+              (:func:`kgrec.ingest.sources.discover` + :class:`kgrec.ingest.pipeline.Ingestor`, with checkpoint and reports).
+``export``    the store to a :class:`kgrec.kg.export.GraphSnapshot` (saved to ``W/S/snapshot`` for the next stages,
               not timed).
-``encode``    the distinct product texts with all-MiniLM-L6-v2 (:class:`encoders.text.TextEncoder`, no cache).
+``encode``    the distinct product texts with all-MiniLM-L6-v2 (:class:`kgrec.encoders.text.TextEncoder`, no cache).
               With more distinct texts than ``--encode-limit`` the stage is *not run* and the
               training stage uses random unit vectors in their place (said so in its notes).
-``train``     one epoch of the fused model (:class:`fusion.models.FusedRecommender`, built as
-              ``fusion.experiment.build_model`` builds it): the step of :func:`fusion.train.fit`
+``train``     one epoch of the fused model (:class:`kgrec.fusion.models.FusedRecommender`, built as
+              ``kgrec.workflow.rec_benchmark.build_model`` builds it): the step of :func:`kgrec.fusion.train.fit`
               (bf16 autocast on CUDA, fp32 on CPU) without the per-epoch validation; by default
               full batch (the GNN over the whole graph, softmax over all products), with
-              ``--sampled`` over sampled subgraphs (``fusion.minibatch.SampledFusedLoss``,
+              ``--sampled`` over sampled subgraphs (``kgrec.fusion.minibatch.SampledFusedLoss``,
               ``--fanouts``, 1024 negatives, as ``TrainConfig.neighbor_sampling`` trains). Building
               the training examples is timed apart. If the epoch would outlast ``--train-budget``
               seconds, the steps run so far give the per-step time and the epoch time is
               *projected* (steps run / steps per epoch in the notes).
-``evaluate``  full ranking (:func:`fusion.evaluate.rank_top_k_pairs`, history excluded) of up to
+``evaluate``  full ranking (:func:`kgrec.evaluation.recommendation.rank_top_k_pairs`, history excluded) of up to
               ``--eval-users`` sampled test users, then top-100 candidate retrieval with
-              :class:`fusion.retrieval.ProductIndex` (exact and IVF) over the fused product vectors for
+              :class:`kgrec.serving.retrieval.ProductIndex` (exact and IVF) over the fused product vectors for
               the same users (history excluded), with IVF's recall@100 against the full ranking.
 
 Usage::
@@ -130,7 +130,7 @@ def load_snapshot(directory: Path):
     import pandas as pd
     from safetensors.torch import load_file
 
-    from kg.export import GraphSnapshot
+    from kgrec.kg.export import GraphSnapshot
 
     types = json.loads((directory / "node_types.json").read_text())
     id_maps = {t: pd.read_parquet(directory / f"ids-{t}.parquet")["id"].astype(str).tolist() for t in types}
@@ -144,7 +144,7 @@ def load_snapshot(directory: Path):
 
 
 def stage_generate(args, rec: Recorder) -> None:
-    from ingest.synthetic import SyntheticConfig, generate_catalogue, write_tables_fast
+    from kgrec.ingest.synthetic import SyntheticConfig, generate_catalogue, write_tables_fast
 
     t0 = time.perf_counter()
     tables = generate_catalogue(SyntheticConfig.preset(args.size, seed=args.seed))
@@ -159,9 +159,9 @@ def stage_generate(args, rec: Recorder) -> None:
 def stage_ingest(args, rec: Recorder) -> None:
     import shutil
 
-    from ingest.pipeline import IngestConfig, Ingestor
-    from ingest.sources import discover
-    from kg.embedded import EmbeddedStore
+    from kgrec.ingest.pipeline import IngestConfig, Ingestor
+    from kgrec.ingest.sources import discover
+    from kgrec.kg.embedded import EmbeddedStore
 
     store_dir = args.dir / "store"
     shutil.rmtree(store_dir, ignore_errors=True)
@@ -176,8 +176,8 @@ def stage_ingest(args, rec: Recorder) -> None:
 
 
 def stage_export(args, rec: Recorder) -> None:
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     t0 = time.perf_counter()
     snapshot = export_snapshot(EmbeddedStore(args.dir / "store"))
@@ -192,7 +192,7 @@ def stage_encode(args, rec: Recorder) -> None:
     import pandas as pd
     from safetensors.torch import save_file
 
-    from encoders.text import TextEncoder, TextEncoderConfig
+    from kgrec.encoders.text import TextEncoder, TextEncoderConfig
 
     texts = pd.read_parquet(args.dir / "snapshot" / "product_text.parquet")["text"].astype(str)
     codes, distinct = pd.factorize(texts)
@@ -228,8 +228,8 @@ def _text_features(args, num_products: int):
 
 
 def _build_fused(snapshot, text):
-    from fusion.experiment import build_model
-    from fusion.models import FusedConfig
+    from kgrec.workflow.rec_benchmark import build_model
+    from kgrec.fusion.models import FusedConfig
 
     return build_model("fused", snapshot, text, FusedConfig())
 
@@ -240,8 +240,8 @@ def stage_train(args, rec: Recorder) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from fusion.data import training_examples
-    from fusion.train import TrainConfig, autocast_dtype, seed_everything
+    from kgrec.fusion.data import training_examples
+    from kgrec.fusion.train import TrainConfig, autocast_dtype, seed_everything
 
     t0 = time.perf_counter()
     snapshot = load_snapshot(args.dir / "snapshot")
@@ -255,10 +255,10 @@ def stage_train(args, rec: Recorder) -> None:
     train_graph = snapshot.message_passing("train")
     loss_fn = None
     if args.sampled:
-        from fusion.minibatch import SampledFusedLoss
+        from kgrec.fusion.minibatch import SampledFusedLoss
 
         loss_fn = SampledFusedLoss(model, train_graph, cfg.neighbor_sampling, cfg.num_negatives, seed=cfg.seed)
-        note += f"sampled: fusion.minibatch.SampledFusedLoss, fanouts {list(cfg.neighbor_sampling)}, {cfg.num_negatives} negatives; "
+        note += f"sampled: kgrec.fusion.minibatch.SampledFusedLoss, fanouts {list(cfg.neighbor_sampling)}, {cfg.num_negatives} negatives; "
     else:
         note += "full batch (whole graph, softmax over all products); "
     amp = autocast_dtype(cfg, device)
@@ -278,7 +278,7 @@ def stage_train(args, rec: Recorder) -> None:
     model.train()
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))
     steps, total = 0, 0.0
-    for begin in range(0, len(examples), args.batch_size):  # the step of fusion.train.fit
+    for begin in range(0, len(examples), args.batch_size):  # the step of kgrec.fusion.train.fit
         batch = examples[order[begin:begin + args.batch_size]].to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = loss_fn(batch) if loss_fn is not None else model.loss(batch)
@@ -308,9 +308,9 @@ def stage_evaluate(args, rec: Recorder) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from fusion.evaluate import evaluation_inputs, rank_top_k_pairs
-    from fusion.metrics import hit_matrix, mean_metrics, per_user_metrics
-    from fusion.retrieval import CSR, ProductIndex, recall_at_k
+    from kgrec.evaluation.recommendation import evaluation_inputs, rank_top_k_pairs
+    from kgrec.evaluation.metrics import hit_matrix, mean_metrics, per_user_metrics
+    from kgrec.serving.retrieval import CSR, ProductIndex, recall_at_k
 
     snapshot = load_snapshot(args.dir / "snapshot")
     text, note = _text_features(args, snapshot.num_products)
@@ -482,7 +482,7 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10k,100k", help="comma-separated presets of ingest.synthetic.SIZES")
+    ap.add_argument("--sizes", default="10k,100k", help="comma-separated presets of kgrec.ingest.synthetic.SIZES")
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "scale")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--seed", type=int, default=0)
@@ -492,7 +492,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=2048, help="training examples per step")
     ap.add_argument("--train-budget", type=float, default=300.0,
                     help="seconds of training before the epoch time is projected from the steps run (0 = whole epoch)")
-    ap.add_argument("--sampled", action="store_true", help="train with fusion.minibatch.SampledFusedLoss")
+    ap.add_argument("--sampled", action="store_true", help="train with kgrec.fusion.minibatch.SampledFusedLoss")
     ap.add_argument("--both", action="store_true",
                     help="train twice, full batch then --sampled (evaluate uses the sampled model)")
     ap.add_argument("--fanouts", type=int, nargs="+", default=[10, 10], help="neighbours per layer with --sampled")
@@ -504,7 +504,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.train_budget is not None and args.train_budget <= 0:
         args.train_budget = None
-    from fusion.train import resolve_device
+    from kgrec.fusion.train import resolve_device
 
     args.device_obj = resolve_device(args.device)
     return args
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.stage is None:
         return orchestrate(args, argv)
-    from ingest.synthetic import SIZES
+    from kgrec.ingest.synthetic import SIZES
 
     if args.size not in SIZES:
         raise SystemExit(f"unknown size {args.size!r}; presets: {list(SIZES)}")

@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Home Depot data not found at {args.data} (pass --data)", file=sys.stderr)
         return 2
 
-    from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from fusion.models import FusedConfig
-    from fusion.search_experiment import SearchBenchmarkConfig, homedepot_data, run_search_benchmark, search_results_markdown
-    from fusion.train import TrainConfig, resolve_device
+    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+    from kgrec.fusion.models import FusedConfig
+    from kgrec.workflow.search_benchmark import SearchBenchmarkConfig, homedepot_data, run_search_benchmark, search_results_markdown
+    from kgrec.fusion.train import TrainConfig, resolve_device
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-search-"))
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 * :class:`HeteroGraphEncoder`: a heterogeneous GraphSAGE over the whole knowledge
   graph (products, users, categories, brands and every relation between them), or
-  over a sampled subgraph of it (``n_id``; see :mod:`encoders.sampling`).
+  over a sampled subgraph of it (``n_id``; see :mod:`kgrec.encoders.sampling`).
 * :class:`LightGCNEncoder`: LightGCN over the user–product bipartite graph.
 
 Both take message-passing edges only (``edge_index``); what they are trained to
@@ -84,7 +84,7 @@ class HeteroGraphEncoder(nn.Module):
             n_id: ``{type: [n_t]}`` global ids of the nodes of a subgraph (default None: the
                 whole graph). ID embeddings and features are gathered for those nodes only and
                 the output has one row per local node; a type missing here has no nodes.
-                On a :class:`~encoders.sampling.NeighborSampler` subgraph of ``num_layers`` hops
+                On a :class:`~kgrec.encoders.sampling.NeighborSampler` subgraph of ``num_layers`` hops
                 with every fanout ``-1`` (and every edge type present, possibly empty), the
                 seeds' rows equal their full-graph rows.
         """

@@ -75,7 +75,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from encoders.text import EmbeddingCache, TextEncoder, _check_texts, encode_unique
+from kgrec.encoders.text import EmbeddingCache, TextEncoder, _check_texts, encode_unique
 
 __all__ = ["TUNING_MODES", "TextTuningConfig", "TunedTextEncoder"]
 
@@ -280,7 +280,7 @@ def _peft_config(config: TextTuningConfig, bert: torch.nn.Module):
 
 
 class TunedTextEncoder(torch.nn.Module):
-    """A :class:`~encoders.text.TextEncoder`'s BERT prepared for one tuning mode.
+    """A :class:`~kgrec.encoders.text.TextEncoder`'s BERT prepared for one tuning mode.
 
     Args:
         encoder: the base encoder; its tokenizer, ``max_length``, ``pooling``,
@@ -294,7 +294,7 @@ class TunedTextEncoder(torch.nn.Module):
     Attributes:
         config: the tuning config.
         tokenizer: the base encoder's tokenizer.
-        text_config: the base encoder's :class:`~encoders.text.TextEncoderConfig`.
+        text_config: the base encoder's :class:`~kgrec.encoders.text.TextEncoderConfig`.
         base_fingerprint: ``encoder.fingerprint``.
         model: the BERT (``frozen``/``full``) or the peft model wrapping it.
 
@@ -512,7 +512,7 @@ class TunedTextEncoder(torch.nn.Module):
             texts: N strings.
             batch_size: texts per forward pass; ``None`` = the base encoder's ``batch_size``.
             progress: tqdm bar over batches.
-            cache: ``frozen`` mode only: an :class:`~encoders.text.EmbeddingCache`
+            cache: ``frozen`` mode only: an :class:`~kgrec.encoders.text.EmbeddingCache`
                 (shared with the base encoder, same fingerprint).  Trainable modes
                 refuse one: their vectors change with every step.
 

@@ -1,4 +1,4 @@
-"""Training and evaluation examples built from a :class:`~kg.export.GraphSnapshot`.
+"""Training and evaluation examples built from a :class:`~kgrec.kg.export.GraphSnapshot`.
 
 An example is a user, the products the user interacted with before the target
 (the history, most recent last, at most ``max_history``), and the target product.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kg.export import GraphSnapshot
+from kgrec.kg.export import GraphSnapshot
 
 
 @dataclass

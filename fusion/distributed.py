@@ -3,7 +3,7 @@
 ``torchrun --nproc-per-node N -m kgrec.cli train ...`` starts N processes with
 ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``… in the environment; :func:`init_distributed`
 turns them into a process group (NCCL on CUDA, gloo on CPU) and
-:func:`fusion.train.fit` then wraps the model in
+:func:`kgrec.fusion.train.fit` then wraps the model in
 :class:`~torch.nn.parallel.DistributedDataParallel`. Nothing here starts processes.
 """
 from __future__ import annotations

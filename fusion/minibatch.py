@@ -1,4 +1,4 @@
-"""Mini-batch training loss for :class:`~fusion.models.FusedRecommender` on sampled subgraphs.
+"""Mini-batch training loss for :class:`~kgrec.fusion.models.FusedRecommender` on sampled subgraphs.
 
 ``FusedRecommender.loss`` runs the GNN over the whole graph every step and takes a
 softmax over every product. :class:`SampledFusedLoss` does the same computation on
@@ -7,7 +7,7 @@ a sample:
 1. candidates = unique(batch targets ∪ the products the user tower reads from the
    batch histories ∪ ``num_negatives`` uniform random products); all products when
    ``num_negatives >= num_products``;
-2. a :class:`~encoders.sampling.NeighborSampler` draws the ``len(fanouts)``-hop
+2. a :class:`~kgrec.encoders.sampling.NeighborSampler` draws the ``len(fanouts)``-hop
    in-neighbourhood of the candidates (and of the batch users when the user tower
    reads their GNN vectors), never sampling a (batch user, batch target) supervision
    edge in either direction — the leakage guard of ``Recommender._edges_without``;
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from encoders.sampling import NeighborSampler, SampledSubgraph
-from fusion.data import RecBatch
-from fusion.models import FusedRecommender
+from kgrec.encoders.sampling import NeighborSampler, SampledSubgraph
+from kgrec.fusion.data import RecBatch
+from kgrec.fusion.models import FusedRecommender
 
 EdgeType = tuple[str, str, str]
 
@@ -57,7 +57,7 @@ class SampledFusedLoss:
         num_negatives: uniform random products added to the candidates (default 1024); at
             least ``num_products`` means every product is a candidate (the full softmax).
         backend: sampler backend, ``"auto"`` | ``"torch"`` | ``"pyg"`` (see
-            :class:`~encoders.sampling.NeighborSampler`).
+            :class:`~kgrec.encoders.sampling.NeighborSampler`).
         seed: seeds the negatives and the sampler (default 0); None draws from the global RNG.
 
     Sampling runs on the CPU (where the graph lives); the subgraph and candidates move to

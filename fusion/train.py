@@ -1,17 +1,17 @@
-"""One trainer for every :class:`~fusion.models.Recommender`.
+"""One trainer for every :class:`~kgrec.fusion.models.Recommender`.
 
-Minibatches of training examples (:func:`fusion.data.training_examples`), Adam,
+Minibatches of training examples (:func:`kgrec.fusion.data.training_examples`), Adam,
 validation NDCG@10 after each epoch, early stopping with patience, and the best
 epoch's weights restored at the end — the checkpoint that gets tested.
 
 The same loop runs
 
-* multi-task: with a :class:`~fusion.search.SearchTask`, each step adds a batch of
+* multi-task: with a :class:`~kgrec.search.examples.SearchTask`, each step adds a batch of
   graded search examples to the recommendation batch (one shared product tower,
   ``model(rec_batch, search_batch, weight)``); validation averages both NDCG@10s;
 * in mixed precision: ``precision="bf16"`` (default on CUDA) runs the forward pass
   under ``torch.autocast``;
-* distributed: launched by ``torchrun`` (:func:`fusion.distributed.init_distributed`),
+* distributed: launched by ``torchrun`` (:func:`kgrec.fusion.distributed.init_distributed`),
   the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` and
   every rank trains on its own shard of each epoch's permutation.
 """
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusion.data import training_examples
-from fusion.evaluate import evaluate
-from fusion.models import Recommender
-from kg.export import GraphSnapshot
+from kgrec.fusion.data import training_examples
+from kgrec.evaluation.recommendation import evaluate
+from kgrec.fusion.models import Recommender
+from kgrec.kg.export import GraphSnapshot
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TrainConfig:
         time_limit: stop after this many seconds of training (None = no limit).
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
         neighbor_sampling: fan-outs per GNN layer for mini-batch training of the fused model
-            over sampled subgraphs (:class:`fusion.minibatch.SampledFusedLoss`); None
+            over sampled subgraphs (:class:`kgrec.fusion.minibatch.SampledFusedLoss`); None
             (default) = full-batch message passing.
         num_negatives: uniform negative products per step with ``neighbor_sampling`` (default 1024).
     """
@@ -135,7 +135,7 @@ def fit(
             is then the mean of the recommendation and search NDCG@10 (search alone when the
             snapshot has no interactions to learn from).
     """
-    from fusion.distributed import rank_and_world
+    from kgrec.fusion.distributed import rank_and_world
 
     seed_everything(config.seed)
     device = resolve_device(config.device)
@@ -161,7 +161,7 @@ def fit(
                                              find_unused_parameters=True)
     loss_fn = None
     if config.neighbor_sampling is not None:
-        from fusion.minibatch import SampledFusedLoss
+        from kgrec.fusion.minibatch import SampledFusedLoss
 
         if search is not None or world > 1:
             raise ValueError("neighbor_sampling trains recommendation only, in one process")

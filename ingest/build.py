@@ -4,7 +4,7 @@ One builder per record kind; each takes the chunk's valid rows (canonical
 columns, free attributes, ``_row``/``_line``) and a :class:`BuildContext`, and
 returns node frames by label and edge frames by relationship type. A frame only
 has the columns the input had, so an upsert never clears a property the input
-did not mention (see :mod:`kg.embedded`).
+did not mention (see :mod:`kgrec.kg.embedded`).
 
 ============  ===========================================================================
 kind          graph
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ingest.schemas import SCHEMAS
-from kg.schema import CATEGORY_SEPARATOR, EVENT_TYPES, register_relation, relation_type_name
+from kgrec.ingest.schemas import SCHEMAS
+from kgrec.kg.schema import CATEGORY_SEPARATOR, EVENT_TYPES, register_relation, relation_type_name
 
 Frames = dict[str, list[pd.DataFrame]]
 
@@ -56,7 +56,7 @@ class BuildContext:
         name = relation_type_name(raw)
         taken = set(self.relations.values())
         if name in taken:  # another raw name sanitised to the same type: keep them apart
-            from kg.schema import _short_hash  # noqa: PLC0415 - private helper, same package family
+            from kgrec.kg.schema import _short_hash  # noqa: PLC0415 - private helper, same package family
 
             name = f"{name[:55].rstrip('_')}_{_short_hash(raw).upper()}"
         register_relation(name)
@@ -212,7 +212,7 @@ BUILDERS: dict[str, Callable] = {
 
 def created_nodes(kind: str, ids: list[str]) -> tuple[str, pd.DataFrame]:
     """Nodes made for dangling references under the ``create`` policy (brands/categories get a name)."""
-    from ingest.schemas import REFERENCE_LABELS
+    from kgrec.ingest.schemas import REFERENCE_LABELS
 
     label, key = REFERENCE_LABELS[kind]
     frame = pd.DataFrame({key: ids})

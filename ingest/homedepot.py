@@ -18,7 +18,7 @@ product) pair, ``relevance`` the mean of at least three raters' grades on 1 (irr
   ========================  ==============================================================
   reason                    when
   ========================  ==============================================================
-  ``malformed`` ...         the CSV record cannot be parsed (see :mod:`ingest.readers`)
+  ``malformed`` ...         the CSV record cannot be parsed (see :mod:`kgrec.ingest.readers`)
   ``missing``               empty ``product_uid``, ``search_term`` (after normalisation)
                             or ``relevance``
   ``not_id``                ``product_uid`` with control characters / over 1024 characters,
@@ -33,7 +33,7 @@ product) pair, ``relevance`` the mean of at least three raters' grades on 1 (irr
   whose judgement is rejected.
 
 :func:`write_homedepot_tables` writes ``products.jsonl`` and ``judgements.csv`` which
-``kgrec ingest DIR`` (:func:`ingest.sources.discover`) recognises by name;
+``kgrec ingest DIR`` (:func:`kgrec.ingest.sources.discover`) recognises by name;
 :func:`convert_homedepot` does both and returns the counts.
 """
 from __future__ import annotations
@@ -49,43 +49,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ingest.readers import CsvDialect, CsvReader, SourceError, excerpt
-from ingest.validate import MAX_ID_LENGTH, convert_float, convert_id
+from kgrec.ingest.readers import CsvDialect, CsvReader, SourceError, excerpt
+from kgrec.ingest.validate import MAX_ID_LENGTH, convert_float, convert_id
+from kgrec.kg.schema import normalise_queries, normalise_query
 
 #: Columns the source must have (``id`` is optional and not used).
 REQUIRED_COLUMNS = ("product_uid", "product_title", "search_term", "relevance")
 #: The label scale: the mean of raters' grades 1 (irrelevant), 2 (partly), 3 (exactly relevant).
 LABEL_RANGE = (1.0, 3.0)
 REJECT_COLUMNS = ["row", "field", "reason", "message", "value"]
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SPACES = re.compile(r"\s+")
-
-
-def normalise_query(text: str) -> str:
-    """The query id of a query text: NFKC, lower-case, control characters and runs of
-    whitespace turned into one space, stripped (re-exported by :mod:`fusion.search_data`).
-
-    ``normalise_query("  Cordless\\tDRILL ") == "cordless drill"``; full-width and other
-    compatibility characters fold to their plain form (``"ｄｒｉｌｌ"`` -> ``"drill"``).
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"normalise_query expects a str, got {type(text).__name__}")
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
-
-
-def normalise_queries(texts: pd.Series) -> pd.Series:
-    """:func:`normalise_query` of every value of a Series; missing values -> ``""``.
-
-    Each distinct value is normalised once (search logs repeat queries), with Python's own
-    Unicode tables, so the result equals ``texts.map(normalise_query)`` exactly (pandas'
-    Arrow-backed ``str.lower`` differs from ``str.lower`` on a few characters such as ``"İ"``).
-    """
-    codes, uniques = pd.factorize(texts.astype(object), use_na_sentinel=True)
-    done = np.array([normalise_query(str(u)) for u in uniques] + [""], dtype=object)
-    return pd.Series(done[codes], index=texts.index, dtype=object)
-
 
 @dataclass
 class HomeDepotData:

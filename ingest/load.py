@@ -6,8 +6,8 @@ Products become ``Product`` nodes; every prefix of a category path becomes a
 ``MADE_BY`` its brand; interactions become ``User -[EVENT]-> Product`` edges with
 their ``order``.
 
-:func:`load_tables` runs in-memory :class:`~ingest.tables.CatalogTables`
-through the same pipeline as files (:mod:`ingest.pipeline`): validation, the
+:func:`load_tables` runs in-memory :class:`~kgrec.ingest.tables.CatalogTables`
+through the same pipeline as files (:mod:`kgrec.ingest.pipeline`): validation, the
 duplicate and dangling-reference rules, idempotent upserts, a report.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from ingest.pipeline import IngestConfig, IngestReport, Ingestor
-from ingest.sources import tables_sources
-from ingest.tables import CatalogTables
-from kg.store import GraphStore
+from kgrec.ingest.pipeline import IngestConfig, IngestReport, Ingestor
+from kgrec.ingest.sources import tables_sources
+from kgrec.ingest.tables import CatalogTables
+from kgrec.kg.store import GraphStore
 
 
 @dataclass

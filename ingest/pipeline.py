@@ -4,12 +4,12 @@ Every row read is either loaded or written to the reject report, and the run
 checks ``loaded + rejected == read`` for every chunk of every file.
 
 Order
-    Sources are processed kind by kind (:data:`~ingest.schemas.KIND_ORDER`:
+    Sources are processed kind by kind (:data:`~kgrec.ingest.schemas.KIND_ORDER`:
     categories, brands, products, users, entities, triples, links, interactions,
     judgements), files of one kind in the order given, so references can be
     checked against everything the run loaded before.
 
-Duplicates (two rows of one run with the same key, see :mod:`ingest.schemas`)
+Duplicates (two rows of one run with the same key, see :mod:`kgrec.ingest.schemas`)
     ``duplicates="reject"`` (default): the first row is loaded, every later one
     is rejected (``duplicate``, naming the first row's file and row).
     ``duplicates="last"``: every row is loaded and the last one wins.
@@ -19,7 +19,7 @@ Duplicates (two rows of one run with the same key, see :mod:`ingest.schemas`)
 Dangling references (a value of a ``ref`` field that no node has, in the store or in this run)
     per referenced kind, ``"reject"`` (the row is rejected: ``dangling``) or
     ``"create"`` (a bare node is created with the id; brands and categories also
-    get it as ``name``). Defaults (:data:`~ingest.schemas.DEFAULT_DANGLING`):
+    get it as ``name``). Defaults (:data:`~kgrec.ingest.schemas.DEFAULT_DANGLING`):
     unknown products are rejected, unknown users, categories, brands, entities
     and queries are created. Categories named by a product's ``category_path``
     are always created (the path defines them).
@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ingest.build import BuildContext, build, created_nodes
-from ingest.readers import (
+from kgrec.ingest.build import BuildContext, build, created_nodes
+from kgrec.ingest.readers import (
     Chunk,
     CsvDialect,
     CsvReader,
@@ -65,10 +65,10 @@ from ingest.readers import (
     SourceError,
     detect_format,
 )
-from ingest.schemas import DEFAULT_DANGLING, KIND_ORDER, REFERENCE_LABELS, SCHEMAS, kind_of
-from ingest.validate import SourceOptions, validate_chunk
-from kg.schema import node_type, register_relations
-from kg.store import GraphStore
+from kgrec.ingest.schemas import DEFAULT_DANGLING, KIND_ORDER, REFERENCE_LABELS, SCHEMAS, kind_of
+from kgrec.ingest.validate import SourceOptions, validate_chunk
+from kgrec.kg.schema import node_type, register_relations
+from kgrec.kg.store import GraphStore
 
 INGEST_VERSION = 1
 CHECKPOINT = "checkpoint.json"
@@ -86,13 +86,13 @@ class Source:
     """One input table: a file (CSV/TSV/JSONL/Parquet) or an in-memory frame, of one kind.
 
     Attributes:
-        kind: record kind (``product``, ``interaction``... see :data:`ingest.schemas.SCHEMAS`).
+        kind: record kind (``product``, ``interaction``... see :data:`kgrec.ingest.schemas.SCHEMAS`).
         path: the file; None for a frame.
         format: ``csv``, ``tsv``, ``jsonl``, ``parquet``; None = from the file name.
         frame: an in-memory table instead of a file.
         name: how reports name it (default: the path).
         dialect: CSV/TSV settings (separator, quoting, encoding, header transform).
-        options: column map and per-kind settings (:class:`~ingest.validate.SourceOptions`).
+        options: column map and per-kind settings (:class:`~kgrec.ingest.validate.SourceOptions`).
     """
 
     kind: str
@@ -335,7 +335,7 @@ class Ingestor:
     """Runs sources into a store (see the module docstring).
 
     Args:
-        store: any :class:`~kg.store.GraphStore`.
+        store: any :class:`~kgrec.kg.store.GraphStore`.
         config: :class:`IngestConfig`.
         progress: optional callback, see :data:`Progress`.
     """

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.pipeline import Source
-from ingest.readers import CsvDialect, SourceError
-from ingest.validate import SourceOptions
+from kgrec.ingest.pipeline import Source
+from kgrec.ingest.readers import CsvDialect, SourceError
+from kgrec.ingest.validate import SourceOptions
 
 SUFFIXES = {".inter": "interaction", ".item": "product", ".user": "user", ".kg": "triple", ".link": "link"}
 TYPES = ("token", "token_seq", "float", "float_seq")

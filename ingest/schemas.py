@@ -1,7 +1,7 @@
 """Typed record schemas: what each kind of input row holds, and which fields identify it.
 
 A *record kind* is one kind of input table. Its fields have a *type* that the
-validator (:mod:`ingest.validate`) checks and converts, vectorised per chunk:
+validator (:mod:`kgrec.ingest.validate`) checks and converts, vectorised per chunk:
 
 ============  ===========================================================================
 type          accepted input -> stored value
@@ -13,20 +13,20 @@ type          accepted input -> stored value
 ``int``       integral number, or a string holding one (int64)
 ``timestamp`` number (seconds since the epoch, or the source's ``timestamp_unit``)
               or an ISO-8601 string (no zone = UTC) -> float seconds
-``event``     one of :data:`kg.schema.EVENT_TYPES` after lower-casing and
+``event``     one of :data:`kgrec.kg.schema.EVENT_TYPES` after lower-casing and
               :data:`EVENT_ALIASES` / the source's own event map
 ``path``      list of strings, a JSON list in a string, or one string split at the
               source's ``category_separator`` (default ``" > "``); empty levels rejected
 ``relation``  non-empty text; becomes an UPPER_SNAKE relationship type
-              (:func:`kg.schema.relation_type_name`)
+              (:func:`kgrec.kg.schema.relation_type_name`)
 ============  ===========================================================================
 
 Columns that map to no field are *free attributes*: their names become property
-keys through :func:`kg.schema.property_key`, their values strings (numbers,
+keys through :func:`kgrec.kg.schema.property_key`, their values strings (numbers,
 booleans, lists and objects as JSON text). Nothing in a row is dropped.
 
 ``key`` lists the fields that identify a record: two rows of one ingest run with
-the same key are duplicates (see :mod:`ingest.pipeline` for the rule). ``ref``
+the same key are duplicates (see :mod:`kgrec.ingest.pipeline` for the rule). ``ref``
 names the kind a field points to; a value no node of that kind has is a
 *dangling reference*, handled by the run's policy for that kind.
 """
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kg.schema import EVENT_TYPES
+from kgrec.kg.schema import EVENT_TYPES
 
 FIELD_TYPES = ("id", "text", "float", "int", "timestamp", "event", "path", "relation")
 

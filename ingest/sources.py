@@ -1,15 +1,15 @@
-"""From paths and a column-mapping config to :class:`~ingest.pipeline.Source` objects.
+"""From paths and a column-mapping config to :class:`~kgrec.ingest.pipeline.Source` objects.
 
 A path may be
 
 * a file: its kind comes from ``--kind``/the config's ``[files]`` patterns, else
   from its name (``products.jsonl``, ``shop_interactions.csv.gz``... see
-  ``stems`` in :mod:`ingest.schemas`), its format from its extension;
+  ``stems`` in :mod:`kgrec.ingest.schemas`), its format from its extension;
 * a directory of such files (files whose kind cannot be told are reported and skipped);
 * a RecBole data set (a directory with ``*.inter``/``*.item``/``*.user``/``*.kg``/
-  ``*.link``, or one of those files), see :mod:`ingest.recbole`;
+  ``*.link``, or one of those files), see :mod:`kgrec.ingest.recbole`;
 * an Amazon/UniSRec directory (``*.item2index``, ``*.text``, ``*.train.inter``...),
-  see :mod:`ingest.unisrec`.
+  see :mod:`kgrec.ingest.unisrec`.
 
 The mapping config (TOML, JSON, or YAML when PyYAML is installed) lets a user's
 own export load without renaming anything::
@@ -32,7 +32,7 @@ own export load without renaming anything::
     encoding = "latin-1"
     quote = '"'                         # "" = no quoting
 
-    [ingest]                            # run settings (see ingest.pipeline)
+    [ingest]                            # run settings (see kgrec.ingest.pipeline)
     dangling = { product = "create" }
     duplicates = "last"
     link_by_id = false
@@ -48,12 +48,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ingest.pipeline import Source
-from ingest.readers import CsvDialect, SourceError, detect_format
-from ingest.recbole import SUFFIXES as RECBOLE_SUFFIXES
-from ingest.recbole import find_atomic_files, recbole_sources
-from ingest.schemas import SCHEMAS, kind_for_stem, kind_of
-from ingest.validate import SourceOptions
+from kgrec.ingest.pipeline import Source
+from kgrec.ingest.readers import CsvDialect, SourceError, detect_format
+from kgrec.ingest.recbole import SUFFIXES as RECBOLE_SUFFIXES
+from kgrec.ingest.recbole import find_atomic_files, recbole_sources
+from kgrec.ingest.schemas import SCHEMAS, kind_for_stem, kind_of
+from kgrec.ingest.validate import SourceOptions
 
 _OPTION_KEYS = {"columns", "events", "default_event", "category_separator", "timestamp_unit", "order_from_rows"}
 
@@ -261,7 +261,7 @@ def _recbole(paths: list[Path], cfg: MappingConfig, out: Discovery) -> None:
 
 
 def _unisrec(path: Path, files: list[Path], out: Discovery) -> None:
-    from ingest.unisrec import read_unisrec
+    from kgrec.ingest.unisrec import read_unisrec
 
     names = sorted({p.stem for p in files if p.suffix == ".item2index"})
     for name in names:
@@ -271,7 +271,7 @@ def _unisrec(path: Path, files: list[Path], out: Discovery) -> None:
 
 
 def tables_sources(tables: Any, prefix: str = "tables") -> list[Source]:
-    """Frame sources for :class:`~ingest.tables.CatalogTables` (products, users, interactions)."""
+    """Frame sources for :class:`~kgrec.ingest.tables.CatalogTables` (products, users, interactions)."""
     return [
         Source("product", frame=tables.products, name=f"{prefix}:products"),
         Source("user", frame=tables.users, name=f"{prefix}:users"),

@@ -1,12 +1,12 @@
 """A synthetic catalogue at any size: power-law popularity, a category tree, brands, template titles.
 
-:func:`generate_catalogue` returns the same :class:`~ingest.tables.CatalogTables` that
-:mod:`ingest.tables` reads and writes (products, users, interactions), so a generated
-catalogue goes through :func:`write_tables` / ``kgrec ingest`` / :mod:`kg.export` exactly as
+:func:`generate_catalogue` returns the same :class:`~kgrec.ingest.tables.CatalogTables` that
+:mod:`kgrec.ingest.tables` reads and writes (products, users, interactions), so a generated
+catalogue goes through :func:`write_tables` / ``kgrec ingest`` / :mod:`kgrec.kg.export` exactly as
 real data does. Everything is vectorised numpy: 1M products and 10M interactions generate in
 27-45 s with a 2.6 GB peak on the shared 2-core development machine (``benchmarks/scale.py``);
-:func:`write_tables_fast` writes them in the layout of :mod:`ingest.tables` about 4x faster
-than :func:`ingest.tables.write_tables`.
+:func:`write_tables_fast` writes them in the layout of :mod:`kgrec.ingest.tables` about 4x faster
+than :func:`kgrec.ingest.tables.write_tables`.
 
 What the data looks like
     *Category tree*: ``category_depth`` levels, ``category_branching`` children per node
@@ -51,8 +51,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ingest.tables import INTERACTION_COLUMNS, PRODUCT_COLUMNS, USER_COLUMNS, CatalogTables
-from kg.schema import EVENT_TYPES
+from kgrec.ingest.tables import INTERACTION_COLUMNS, PRODUCT_COLUMNS, USER_COLUMNS, CatalogTables
+from kgrec.kg.schema import EVENT_TYPES
 
 #: Preset sizes: name -> (products, users, interactions).
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -112,7 +112,7 @@ class SyntheticConfig:
         switch_prob: a new segment starts at an interaction with this probability (default 0.3).
         follow_prob: within a segment, the next item is the leaf's next product (default 0.3).
         dedupe_rounds: rounds of redrawing a product the user already had (default 4).
-        event_probs: event -> probability (events of :data:`kg.schema.EVENT_TYPES`).
+        event_probs: event -> probability (events of :data:`kgrec.kg.schema.EVENT_TYPES`).
         seed: the random seed (default 0); the same config gives the same tables.
     """
 
@@ -292,7 +292,7 @@ def generate_catalogue(config: SyntheticConfig) -> CatalogTables:
 
 
 def write_tables_fast(tables: CatalogTables, directory: str | Path) -> None:
-    """Write ``tables`` in the layout of :func:`ingest.tables.write_tables`, faster.
+    """Write ``tables`` in the layout of :func:`kgrec.ingest.tables.write_tables`, faster.
 
     Same files and the same values (``read_tables`` reads back what ``write_tables`` writes);
     products are serialised by one ``json.dumps`` per row with the list already in place, CSVs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kg.schema import EVENT_TYPES
+from kgrec.kg.schema import EVENT_TYPES
 
 PRODUCT_COLUMNS = ["product_id", "title", "brand", "category_path"]
 USER_COLUMNS = ["user_id"]

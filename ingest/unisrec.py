@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ingest.tables import CatalogTables
+from kgrec.ingest.tables import CatalogTables
 
 
 def parse_item_text(text: str) -> tuple[str, str, str]:

@@ -1,11 +1,11 @@
-"""Vectorised validation of raw chunks against a :class:`~ingest.schemas.RecordSchema`.
+"""Vectorised validation of raw chunks against a :class:`~kgrec.ingest.schemas.RecordSchema`.
 
 :func:`resolve_columns` decides, once per chunk's set of columns, which column
 feeds which field (the source's column map, then the field's own name, then
-:data:`~ingest.schemas.FIELD_ALIASES`) and turns every other column into a free
+:data:`~kgrec.ingest.schemas.FIELD_ALIASES`) and turns every other column into a free
 attribute with a safe property key. :func:`validate_chunk` converts each field
-(see :mod:`ingest.schemas` for the types) and returns the rows that passed, with
-canonical column names, and one :class:`~ingest.readers.Reject` for every row
+(see :mod:`kgrec.ingest.schemas` for the types) and returns the rows that passed, with
+canonical column names, and one :class:`~kgrec.ingest.readers.Reject` for every row
 that did not: the first field, in schema order, that failed, and why.
 
 Reasons (``Reject.reason``): ``missing`` (a required value is empty or its column
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ingest.readers import Reject, excerpt
-from ingest.schemas import EVENT_ALIASES, FIELD_ALIASES, RecordSchema
-from kg.schema import CATEGORY_SEPARATOR, SchemaError, property_key
+from kgrec.ingest.readers import Reject, excerpt
+from kgrec.ingest.schemas import EVENT_ALIASES, FIELD_ALIASES, RecordSchema
+from kgrec.kg.schema import CATEGORY_SEPARATOR, SchemaError, property_key
 
 MAX_ID_LENGTH = 1024
 _CONTROL = r"[\x00-\x1f\x7f]"

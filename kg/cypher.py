@@ -1,9 +1,9 @@
 """Every Cypher statement the Neo4j store sends, built from the schema.
 
 Labels, relationship types and property keys enter a statement only through
-:func:`ident`, which accepts a name only if :func:`kg.schema.check_identifier`
+:func:`ident`, which accepts a name only if :func:`kgrec.kg.schema.check_identifier`
 does and then backtick-quotes it; node labels and relationship types are first
-looked up in :mod:`kg.schema`. Values are never formatted into a statement:
+looked up in :mod:`kgrec.kg.schema`. Values are never formatted into a statement:
 they travel as parameters (``$rows``, ``$user_id`` ...). The one exception is
 the vector dimension of an index, which Neo4j wants as a literal in
 ``OPTIONS``; it is validated as a positive ``int`` before it is written.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kg.schema import (
+from kgrec.kg.schema import (
     NODE_TYPES,
     REL_TYPES,
     RelType,
@@ -36,7 +36,7 @@ from kg.schema import (
 DIALECTS = ("neo4j", "falkordb")
 
 #: Model output in the graph: ``(:User)-[:RECOMMENDED {score, rank, model_version}]->(:Product)``.
-#: Not part of ``kg.schema.REL_TYPES`` (no store contract, no export): one edge per
+#: Not part of ``kgrec.kg.schema.REL_TYPES`` (no store contract, no export): one edge per
 #: (user, product, model_version).
 RECOMMENDED = RelType("RECOMMENDED", "User", "Product", key=("model_version",))
 RECOMMENDATION_COLUMNS = ("user_id", "product_id", "score", "rank", "model_version")
@@ -367,7 +367,7 @@ def schema_statements(dialect: str = "neo4j") -> list[Statement]:
 
 
 def all_statements(dialect: str = "neo4j", embedding_dim: int = 384) -> list[Statement]:
-    """Every statement a :class:`kg.neo4j_store.Neo4jStore` can send, for the whole schema.
+    """Every statement a :class:`kgrec.kg.neo4j_store.Neo4jStore` can send, for the whole schema.
 
     Vector statements are built for ``Product.embedding`` with ``embedding_dim``
     (the dimension is the only literal that varies at run time).

@@ -13,7 +13,7 @@ for the columns the new frame has; columns the new frame lacks keep their old
 values, as Neo4j's ``SET n += row.props`` does (a null in a column the frame
 has clears that property in both stores).
 
-Data-defined relationship types (:func:`kg.schema.register_relation`) are
+Data-defined relationship types (:func:`kgrec.kg.schema.register_relation`) are
 stored like the static ones (``edges/<TYPE>.parquet``); the store registers the
 types listed in its ``KgRelation`` nodes when it opens, and counts and
 :meth:`EmbeddedStore.graph` include them.
@@ -26,8 +26,8 @@ from pathlib import Path
 import networkx as nx
 import pandas as pd
 
-from kg.schema import NODE_TYPES, REL_TYPES, node_type, register_relations, rel_type
-from kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES, node_type, register_relations, rel_type
+from kgrec.kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
 
 
 class EmbeddedStore(GraphStore):

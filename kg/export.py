@@ -18,7 +18,7 @@ three interactions keep all of them in ``train``.
 Free knowledge-graph triples (ingest: triples files, RecBole ``.kg`` + ``.link``)
 join the structure when the store has ``Entity`` nodes: node type ``entity``,
 one edge type ``('entity', '<relation>', 'entity')`` per data-defined relation
-(:func:`kg.schema.register_relation`; the store's ``KgRelation`` nodes list
+(:func:`kgrec.kg.schema.register_relation`; the store's ``KgRelation`` nodes list
 them) and ``('entity', 'describes', 'product')`` from entity-product links, each
 with its ``rev_*`` in :meth:`GraphSnapshot.message_passing`. A store without
 entities exports exactly as before. Search judgements (``Query -[JUDGED]->
@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from kg.schema import CATEGORY_SEPARATOR, REL_TYPES, interaction_types, node_type
-from kg.store import GraphStore
+from kgrec.kg.schema import CATEGORY_SEPARATOR, REL_TYPES, interaction_types, node_type
+from kgrec.kg.store import GraphStore
 
 #: Node label in the store -> node type in HeteroData.
 NODE_TYPE_NAMES = {"Product": "product", "Category": "category", "Brand": "brand", "User": "user"}
@@ -207,7 +207,7 @@ ENTITY_TYPE_NAME = "entity"
 
 def store_kg_relations(store: GraphStore) -> list[str]:
     """The data-defined relationship types a store lists in its ``KgRelation`` nodes, registered."""
-    from kg.schema import register_relations
+    from kgrec.kg.schema import register_relations
 
     frame = store.nodes("KgRelation")
     key = node_type("KgRelation").key

@@ -9,13 +9,13 @@ Connection settings come from the environment (see :meth:`Neo4jConfig.from_env`)
     KGREC_NEO4J_DIALECT   "neo4j" (default) or "falkordb"
 
 Writes are batched ``UNWIND $rows AS row MERGE ...`` statements (see
-:mod:`kg.cypher`), each batch in a managed write transaction
+:mod:`kgrec.kg.cypher`), each batch in a managed write transaction
 (``session.execute_write``), which the driver retries on transient errors; a
 batch is idempotent, so a retry is safe. Labels, relationship types and
-property keys come from :mod:`kg.schema` only; values only travel as
+property keys come from :mod:`kgrec.kg.schema` only; values only travel as
 parameters.
 
-Besides the :class:`~kg.store.GraphStore` contract, the store writes what users
+Besides the :class:`~kgrec.kg.store.GraphStore` contract, the store writes what users
 want to look at next to the catalogue: product embeddings with a vector index
 (:meth:`Neo4jStore.write_embeddings`, :meth:`Neo4jStore.create_vector_index`)
 and model output as ``(:User)-[:RECOMMENDED {score, rank, model_version}]->(:Product)``
@@ -32,10 +32,10 @@ from typing import Any
 
 import pandas as pd
 
-from kg import cypher
-from kg.cypher import RECOMMENDED, RECOMMENDATION_COLUMNS, Statement
-from kg.schema import NODE_TYPES, REL_TYPES, check_identifier, node_type, rel_type
-from kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
+from kgrec.kg import cypher
+from kgrec.kg.cypher import RECOMMENDED, RECOMMENDATION_COLUMNS, Statement
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES, check_identifier, node_type, rel_type
+from kgrec.kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
 
 ENV_URI = "KGREC_NEO4J_URI"
 ENV_USER = "KGREC_NEO4J_USER"

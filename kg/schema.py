@@ -8,7 +8,11 @@ labels and relationship types must be declared here (or pass
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -231,3 +235,34 @@ def property_key(raw: str) -> str:
     if len(key) > 64:
         key = f"{key[:55].rstrip('_')}_{_short_hash(raw)}"
     return check_identifier(key, "property key")
+
+
+# --------------------------------------------------------------------------- query ids
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_query(text: str) -> str:
+    """The query id of a query text: NFKC, lower-case, control characters and runs of
+    whitespace turned into one space, stripped.
+
+    ``normalise_query("  Cordless\\tDRILL ") == "cordless drill"``; full-width and other
+    compatibility characters fold to their plain form (``"ｄｒｉｌｌ"`` -> ``"drill"``).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"normalise_query expects a str, got {type(text).__name__}")
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
+
+
+def normalise_queries(texts: pd.Series) -> pd.Series:
+    """:func:`normalise_query` of every value of a Series; missing values -> ``""``.
+
+    Each distinct value is normalised once (search logs repeat queries), with Python's own
+    Unicode tables, so the result equals ``texts.map(normalise_query)`` exactly (pandas'
+    Arrow-backed ``str.lower`` differs from ``str.lower`` on a few characters such as ``"İ"``).
+    """
+    codes, uniques = pd.factorize(texts.astype(object), use_na_sentinel=True)
+    done = np.array([normalise_query(str(u)) for u in uniques] + [""], dtype=object)
+    return pd.Series(done[codes], index=texts.index, dtype=object)

@@ -6,10 +6,10 @@ A store holds nodes per label and edges per relationship type as tables:
   any number of property columns;
 * an edge frame has ``source`` and ``target`` (the endpoint keys) and property
   columns; the relationship type fixes the endpoint labels (see
-  :mod:`kg.schema`).
+  :mod:`kgrec.kg.schema`).
 
 Upserts are idempotent: writing the same rows twice leaves the store as after
-the first write. The embedded store (:class:`kg.embedded.EmbeddedStore`) and the
+the first write. The embedded store (:class:`kgrec.kg.embedded.EmbeddedStore`) and the
 Neo4j store implement this contract and pass the same contract tests.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 import pandas as pd
 
-from kg.schema import check_identifier, node_type, rel_type
+from kgrec.kg.schema import check_identifier, node_type, rel_type
 
 
 class GraphStore(ABC):

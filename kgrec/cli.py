@@ -22,8 +22,8 @@ def convert_unisrec(
     name: str = typer.Option("Scientific", help="File name prefix of the UniSRec data set."),
 ) -> None:
     """Convert raw Amazon/UniSRec files into kgrec's catalogue tables."""
-    from ingest.tables import write_tables
-    from ingest.unisrec import read_unisrec
+    from kgrec.ingest.tables import write_tables
+    from kgrec.ingest.unisrec import read_unisrec
 
     tables = read_unisrec(source, name)
     write_tables(tables, target)
@@ -37,7 +37,7 @@ def convert_homedepot(
     target: Path = typer.Argument(..., help="Directory to write products.jsonl and judgements.csv."),
 ) -> None:
     """Convert the Home Depot search-relevance file into kgrec tables (then `kgrec ingest TARGET`)."""
-    from ingest.homedepot import read_homedepot, write_homedepot_tables
+    from kgrec.ingest.homedepot import read_homedepot, write_homedepot_tables
 
     if not source.exists():
         raise typer.BadParameter(f"{source} does not exist", param_hint="SOURCE")
@@ -63,12 +63,12 @@ def demo(
     """Ingest the demo data, train the fused model and the baselines, print the comparison."""
     from dataclasses import replace
 
-    from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from fusion.experiment import BenchmarkConfig, MODEL_NAMES, results_markdown, run_benchmark, write_results
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+    from kgrec.workflow.rec_benchmark import BenchmarkConfig, MODEL_NAMES, results_markdown, run_benchmark, write_results
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     start = time.perf_counter()
     console.rule("1/4 ingest")

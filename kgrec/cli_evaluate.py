@@ -1,8 +1,8 @@
 """``kgrec evaluate``: the publishable evaluation report (see docs/evaluation.md).
 
 Registered on the main app by ``register(app)`` (kgrec/cli.py). It only maps flags onto
-the packages' configs: the work is in :mod:`fusion.report`, :mod:`fusion.protocols` and
-:mod:`fusion.significance`.
+the packages' configs: the work is in :mod:`kgrec.evaluation.report`, :mod:`kgrec.evaluation.protocols` and
+:mod:`kgrec.evaluation.significance`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def evaluate(
 ) -> None:
     """Train and evaluate the fused model and the baselines, and write the evaluation report."""
     start = time.perf_counter()
-    from fusion.report import write_report
+    from kgrec.evaluation.report import write_report
 
     if from_run is not None or results is not None:
         source = from_run if from_run is not None else results
@@ -47,14 +47,14 @@ def evaluate(
 
     from dataclasses import replace
 
-    from fusion.experiment import MODEL_NAMES, BenchmarkConfig
-    from fusion.protocols import SPLIT_PROTOCOLS, apply_protocol, attach_timestamps, read_timestamps
-    from fusion.report import run_report_benchmark, save_run
-    from fusion.train import resolve_device
-    from ingest.load import load_tables
-    from ingest.tables import read_tables
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.workflow.rec_benchmark import MODEL_NAMES, BenchmarkConfig
+    from kgrec.evaluation.protocols import SPLIT_PROTOCOLS, apply_protocol, attach_timestamps, read_timestamps
+    from kgrec.evaluation.report import run_report_benchmark, save_run
+    from kgrec.fusion.train import resolve_device
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import read_tables
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     if protocol not in SPLIT_PROTOCOLS:
         raise typer.BadParameter(f"choose one of {list(SPLIT_PROTOCOLS)}", param_hint="--protocol")
@@ -86,7 +86,7 @@ def evaluate(
     text, text_fingerprint = None, None
     if any(m in ("text-zero-shot", "text-only", "fused") for m in config.models):
         console.rule("2/5 encode product text")
-        from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+        from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
 
         encoder = TextEncoder(TextEncoderConfig(model_path=str(text_model) if text_model else None))
         text = encoder.encode(snapshot.product_text, cache=EmbeddingCache(out / "text-cache"), progress=True)

@@ -1,7 +1,7 @@
 """``kgrec ingest``: load files into the knowledge graph, every row loaded or reported.
 
 Attach to the ``kgrec`` app with :func:`register`. The command only maps flags
-onto :mod:`ingest.sources` / :mod:`ingest.pipeline` and prints the outcome.
+onto :mod:`kgrec.ingest.sources` / :mod:`kgrec.ingest.pipeline` and prints the outcome.
 
 Exit status: 0 every row loaded; 1 rows were rejected (see the report; use
 ``--allow-rejects`` to exit 0 anyway); 2 a file could not be read, or bad usage.
@@ -47,11 +47,11 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 def _open_store(kind: str, store_dir: Path) -> tuple[Any, Path]:
     """(store, default state dir)."""
     if kind == "embedded":
-        from kg.embedded import EmbeddedStore
+        from kgrec.kg.embedded import EmbeddedStore
 
         return EmbeddedStore(store_dir), store_dir / "_ingest"
     if kind == "neo4j":
-        from kg.neo4j_store import Neo4jConfig, Neo4jConfigError, Neo4jStore
+        from kgrec.kg.neo4j_store import Neo4jConfig, Neo4jConfigError, Neo4jStore
 
         try:
             config = Neo4jConfig.from_env()
@@ -142,9 +142,9 @@ def ingest(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Load files into the knowledge graph: every row is loaded or reported (file, row, field, reason)."""
-    from ingest.pipeline import IngestConfig, Ingestor
-    from ingest.readers import SourceError
-    from ingest.sources import MappingConfig, apply_map_args, discover, load_mapping
+    from kgrec.ingest.pipeline import IngestConfig, Ingestor
+    from kgrec.ingest.readers import SourceError
+    from kgrec.ingest.sources import MappingConfig, apply_map_args, discover, load_mapping
 
     try:
         mapping = load_mapping(config) if config is not None else MappingConfig()

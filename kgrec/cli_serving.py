@@ -1,7 +1,7 @@
 """Serving commands of the ``kgrec`` CLI: train, recommend, search, similar, explain, update.
 
-They only map flags onto :mod:`fusion.artifact`, :mod:`fusion.api` and
-:mod:`fusion.update`. ``kgrec/cli.py`` attaches them with ``register(app)``.
+They only map flags onto :mod:`kgrec.serving.artifact`, :mod:`kgrec.serving.api` and
+:mod:`kgrec.serving.update`. ``kgrec/cli.py`` attaches them with ``register(app)``.
 Every reading command takes ``--artifact DIR`` and prints a table, or JSON with ``--json``.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _filters(category: Optional[str], brand: Optional[str]) -> dict | None:
 
 
 def _load(artifact: Path, text_model: Optional[Path] = None):
-    from fusion.api import Scorer
-    from fusion.artifact import ArtifactError
+    from kgrec.serving.api import Scorer
+    from kgrec.serving.artifact import ArtifactError
 
     try:
         return Scorer.load(artifact, text_model=text_model)
@@ -205,16 +205,16 @@ def train(
     """
     from dataclasses import asdict
 
-    from fusion.distributed import barrier, init_distributed, shutdown
+    from kgrec.fusion.distributed import barrier, init_distributed, shutdown
 
-    from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from fusion.artifact import save_artifact
-    from fusion.evaluate import evaluate
-    from fusion.experiment import MODEL_NAMES, build_model
-    from fusion.models import FusedConfig
-    from fusion.train import TrainConfig, fit
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+    from kgrec.serving.artifact import save_artifact
+    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
+    from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.train import TrainConfig, fit
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     if model not in MODEL_NAMES:
         raise typer.BadParameter(f"unknown model {model!r}; choose from {list(MODEL_NAMES)}", param_hint="--model")
@@ -290,9 +290,9 @@ def update(
     as_json: bool = JSON,
 ) -> None:
     """Ingest new interactions, warm-start from the artifact, fine-tune, report before / after / full retrain."""
-    from fusion.artifact import ArtifactError
-    from fusion.update import UpdateConfig, continual_update
-    from kg.embedded import EmbeddedStore
+    from kgrec.serving.artifact import ArtifactError
+    from kgrec.serving.update import UpdateConfig, continual_update
+    from kgrec.kg.embedded import EmbeddedStore
 
     _quiet_transformers()
     config = UpdateConfig(epochs=epochs, lr=lr, full_retrain=full_retrain, full_epochs=full_epochs, device=device, seed=seed)
@@ -336,8 +336,8 @@ def writeback(
 
     The connection comes from KGREC_NEO4J_URI, KGREC_NEO4J_USER, KGREC_NEO4J_PASSWORD (and KGREC_NEO4J_DATABASE).
     """
-    from fusion.writeback import write_back
-    from kg.neo4j_store import Neo4jConfigError, Neo4jStore
+    from kgrec.serving.writeback import write_back
+    from kgrec.kg.neo4j_store import Neo4jConfigError, Neo4jStore
 
     scorer = _load(artifact)
     try:

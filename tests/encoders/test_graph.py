@@ -1,11 +1,11 @@
-"""Tests for encoders.graph.HeteroGraphEncoder on sampled subgraphs (``n_id``)."""
+"""Tests for kgrec.encoders.graph.HeteroGraphEncoder on sampled subgraphs (``n_id``)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from encoders.graph import HeteroGraphEncoder
-from encoders.sampling import NeighborSampler
+from kgrec.encoders.graph import HeteroGraphEncoder
+from kgrec.encoders.sampling import NeighborSampler
 
 
 def make_encoder(graph, num_layers: int = 2, input_dims=None, seed: int = 0, feature_only=()) -> HeteroGraphEncoder:

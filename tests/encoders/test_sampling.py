@@ -1,4 +1,4 @@
-"""Tests for encoders.sampling: CSRGraph and the plain-torch NeighborSampler.
+"""Tests for kgrec.encoders.sampling: CSRGraph and the plain-torch NeighborSampler.
 
 Expected values come from independent computations: a dense adjacency for the CSR,
 a breadth-first search over edge lists for the k-hop in-neighbourhood.
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from encoders.sampling import CSRGraph, NeighborSampler, SampledSubgraph, drop_edges, pyg_sampling_available
+from kgrec.encoders.sampling import CSRGraph, NeighborSampler, SampledSubgraph, drop_edges, pyg_sampling_available
 
 UA = ("a", "to", "b")
 BA = ("b", "back", "a")

@@ -1,4 +1,4 @@
-"""Tests for encoders.text: TextEncoder, TextEncoderConfig, EmbeddingCache.
+"""Tests for kgrec.encoders.text: TextEncoder, TextEncoderConfig, EmbeddingCache.
 
 Most tests use the session-scoped tiny random BERT from conftest.py; the
 ``minilm`` tests load the packaged all-MiniLM-L6-v2 (inference only).
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoders.text import (
+from kgrec.encoders.text import (
     EmbeddingCache,
     TextEncoder,
     TextEncoderConfig,

@@ -1,4 +1,4 @@
-"""Tests for encoders.tuning: TextTuningConfig and TunedTextEncoder in every mode.
+"""Tests for kgrec.encoders.tuning: TextTuningConfig and TunedTextEncoder in every mode.
 
 All but the ``minilm`` test use the session-scoped tiny random BERT (hidden 32,
 2 layers, intermediate 37) from conftest.py.
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-from encoders.tuning import TUNING_MODES, TextTuningConfig, TunedTextEncoder
+from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
+from kgrec.encoders.tuning import TUNING_MODES, TextTuningConfig, TunedTextEncoder
 
 QUERIES = ["red drill", "nitrile gloves", "steel ladder", "paint brush", "led lamp", "garden hose"]
 TITLES = [

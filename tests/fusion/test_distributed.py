@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion.distributed import init_distributed, launched_by_torchrun, rank_and_world
+from kgrec.fusion.distributed import init_distributed, launched_by_torchrun, rank_and_world
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,7 +49,7 @@ def test_kgrec_train_under_torchrun_writes_one_artifact(tiny_store, tiny_bert_di
     payload = json.loads(result.stdout[result.stdout.index("{"):])  # rank 0 alone prints
     assert payload["world_size"] == 2 and payload["epochs"] >= 1
     assert (out / "config.json").is_file()
-    from fusion.artifact import load_artifact
+    from kgrec.serving.artifact import load_artifact
 
     artifact = load_artifact(out)
     assert artifact.model.num_products == 24

@@ -1,4 +1,4 @@
-"""Tests for fusion.minibatch.SampledFusedLoss: sampled subgraph + sampled softmax.
+"""Tests for kgrec.fusion.minibatch.SampledFusedLoss: sampled subgraph + sampled softmax.
 
 The reference is ``FusedRecommender.loss`` (full graph, softmax over every product) in
 train mode with dropout 0, which hides the batch's supervision edges like the sampled loss.
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusion.data import training_examples
-from fusion.minibatch import SampledFusedLoss
-from fusion.models import INTERACTION_EDGE, REV_INTERACTION_EDGE, FusedConfig, FusedRecommender, Popularity
+from kgrec.fusion.data import training_examples
+from kgrec.fusion.minibatch import SampledFusedLoss
+from kgrec.fusion.models import INTERACTION_EDGE, REV_INTERACTION_EDGE, FusedConfig, FusedRecommender, Popularity
 
 VARIANTS = {
     "fused": {},
@@ -167,16 +167,16 @@ def test_set_graph_switches_the_sampled_graph(tiny_snapshot, graph, examples):
 
 def test_fit_trains_with_neighbour_sampling(tiny_snapshot):
     """The trainer's ``neighbor_sampling`` option runs SampledFusedLoss end to end."""
-    from fusion.experiment import build_model
-    from fusion.models import FusedConfig
-    from fusion.train import TrainConfig, fit
+    from kgrec.workflow.rec_benchmark import build_model
+    from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.train import TrainConfig, fit
 
     text = torch.randn(tiny_snapshot.num_products, 16, generator=torch.Generator().manual_seed(0))
     model = build_model("fused", tiny_snapshot, text, FusedConfig(graph_dim=8, max_history=5))
     history = fit(model, tiny_snapshot, TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=4, max_history=5,
                                                      neighbor_sampling=(5, 5), num_negatives=8), progress=False)
     assert len(history.losses) == 4 and history.losses[-1] < history.losses[0]
-    from fusion.search import SearchTask, category_path_examples
+    from kgrec.search.examples import SearchTask, category_path_examples
 
     examples = category_path_examples(tiny_snapshot, "valid", ["q"] * tiny_snapshot.num_products, text, 5)
     with pytest.raises(ValueError, match="one process"):

@@ -6,7 +6,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from ingest.tables import write_tables
+from kgrec.ingest.tables import write_tables
 from kgrec.cli_ingest import register
 
 app = typer.Typer()

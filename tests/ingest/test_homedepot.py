@@ -1,4 +1,4 @@
-"""ingest.homedepot on a small hand-made file with known problems, through kgrec's own ingest,
+"""kgrec.ingest.homedepot on a small hand-made file with known problems, through kgrec's own ingest,
 and (when present) on the real Home Depot file in ../shared."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ingest.homedepot import convert_homedepot, read_homedepot, write_homedepot_tables
-from ingest.pipeline import IngestConfig, Ingestor
-from ingest.readers import SourceError
-from ingest.sources import discover
-from kg.embedded import EmbeddedStore
-from kg.export import export_judgements, export_snapshot
+from kgrec.ingest.homedepot import convert_homedepot, read_homedepot, write_homedepot_tables
+from kgrec.ingest.pipeline import IngestConfig, Ingestor
+from kgrec.ingest.readers import SourceError
+from kgrec.ingest.sources import discover
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.export import export_judgements, export_snapshot
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "homedepot-search" / "train.csv.zip"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kg import cypher
-from kg.schema import NODE_TYPES, REL_TYPES, register_relation, relation_type_name
+from kgrec.kg import cypher
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES, register_relation, relation_type_name
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "cypher-lint"
 RAW = ["film.film.directed_by", "madeOf", "0", "IN_CATEGORY", "x]->() DETACH DELETE n //"]

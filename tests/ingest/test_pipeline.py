@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ingest.pipeline import IngestConfig, Ingestor
-from ingest.sources import discover
-from kg.embedded import EmbeddedStore
-from kg.schema import NODE_TYPES, REL_TYPES
+from kgrec.ingest.pipeline import IngestConfig, Ingestor
+from kgrec.ingest.sources import discover
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "amazon-scientific"
 
@@ -203,7 +203,7 @@ def test_killed_ingest_resumes_to_the_same_graph(corrupted, tmp_path):
 
 
 def test_incremental_events(tiny_tables, tmp_path):
-    from ingest.tables import write_tables
+    from kgrec.ingest.tables import write_tables
 
     write_tables(tiny_tables, tmp_path / "tables")
     store, first = _run(tmp_path / "tables", tmp_path / "store")
@@ -221,8 +221,8 @@ def test_incremental_events(tiny_tables, tmp_path):
 
 
 def test_load_tables_reports_instead_of_failing(tiny_tables, tmp_path):
-    from ingest.load import load_tables
-    from ingest.tables import CatalogTables
+    from kgrec.ingest.load import load_tables
+    from kgrec.ingest.tables import CatalogTables
 
     bad = tiny_tables.interactions.copy()
     bad.loc[3, "product_id"] = "P99"
@@ -234,9 +234,9 @@ def test_load_tables_reports_instead_of_failing(tiny_tables, tmp_path):
 
 KILLED_RUN = """
 import sys, time
-from ingest.pipeline import IngestConfig, Ingestor
-from ingest.sources import discover
-from kg.embedded import EmbeddedStore
+from kgrec.ingest.pipeline import IngestConfig, Ingestor
+from kgrec.ingest.sources import discover
+from kgrec.kg.embedded import EmbeddedStore
 
 class Slow(EmbeddedStore):
     def upsert_edges(self, rel, frame):
@@ -255,7 +255,7 @@ def test_sigkill_midway_then_rerun_gives_the_same_graph(tiny_tables, tmp_path):
     import sys
     import time
 
-    from ingest.tables import write_tables
+    from kgrec.ingest.tables import write_tables
 
     write_tables(tiny_tables, tmp_path / "tables")
     settings = {"chunk_bytes": 64, "flush_rows": 8}

@@ -12,12 +12,12 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.load import CollectingStore
-from ingest.pipeline import IngestConfig, Ingestor, Source
-from ingest.readers import CsvReader, JsonlReader
-from ingest.schemas import SCHEMAS
-from ingest.validate import SourceOptions, validate_chunk
-from kg.embedded import EmbeddedStore
+from kgrec.ingest.load import CollectingStore
+from kgrec.ingest.pipeline import IngestConfig, Ingestor, Source
+from kgrec.ingest.readers import CsvReader, JsonlReader
+from kgrec.ingest.schemas import SCHEMAS
+from kgrec.ingest.validate import SourceOptions, validate_chunk
+from kgrec.kg.embedded import EmbeddedStore
 
 #: KGREC_HYPOTHESIS_EXAMPLES=2000 for a deeper (slower) search than the default 60 examples.
 SETTINGS = settings(

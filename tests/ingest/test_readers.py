@@ -6,9 +6,9 @@ import gzip
 import pandas as pd
 import pytest
 
-from ingest.pipeline import IngestConfig, Ingestor, Source
-from ingest.readers import CsvDialect, CsvReader, ParquetReader, SourceError, detect_format
-from kg.embedded import EmbeddedStore
+from kgrec.ingest.pipeline import IngestConfig, Ingestor, Source
+from kgrec.ingest.readers import CsvDialect, CsvReader, ParquetReader, SourceError, detect_format
+from kgrec.kg.embedded import EmbeddedStore
 
 MESSY = (
     b'\xef\xbb\xbfa,b,c\r\n'            # BOM + CRLF header

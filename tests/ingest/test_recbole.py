@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.pipeline import IngestConfig, Ingestor
-from ingest.recbole import recbole_header
-from ingest.sources import discover
-from kg.embedded import EmbeddedStore
-from kg.export import export_snapshot
+from kgrec.ingest.pipeline import IngestConfig, Ingestor
+from kgrec.ingest.recbole import recbole_header
+from kgrec.ingest.sources import discover
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.export import export_snapshot
 
 RELATIONS = ("film.film.directed_by", "film.film.genre", "starring")
 
@@ -51,10 +51,10 @@ def test_recbole_header():
 
 
 def test_recbole_kg_to_typed_edges_and_training(tmp_path):
-    from fusion.evaluate import evaluate
-    from fusion.experiment import build_model
-    from fusion.models import FusedConfig
-    from fusion.train import TrainConfig, fit
+    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.workflow.rec_benchmark import build_model
+    from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.train import TrainConfig, fit
 
     wrote = write_recbole(tmp_path / "toy")
     found = discover([tmp_path / "toy"])

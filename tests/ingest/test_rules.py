@@ -7,12 +7,12 @@ import math
 import pandas as pd
 import pytest
 
-from ingest.pipeline import IngestConfig, Ingestor, Source
-from ingest.sources import apply_map_args, discover, load_mapping
-from ingest.validate import SourceOptions
-from kg.embedded import EmbeddedStore
-from kg.export import export_judgements, export_snapshot
-from kg.schema import SchemaError, check_identifier, relation_type_name
+from kgrec.ingest.pipeline import IngestConfig, Ingestor, Source
+from kgrec.ingest.sources import apply_map_args, discover, load_mapping
+from kgrec.ingest.validate import SourceOptions
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.export import export_judgements, export_snapshot
+from kgrec.kg.schema import SchemaError, check_identifier, relation_type_name
 
 
 def run(store, sources, **config):
@@ -58,7 +58,7 @@ def test_mapping_config_loads_a_foreign_export(tmp_path):
 
 
 def test_map_args_and_bad_configs(tmp_path):
-    from ingest.sources import MappingConfig, parse_mapping
+    from kgrec.ingest.sources import MappingConfig, parse_mapping
 
     cfg = apply_map_args(MappingConfig(), ["user_id=customer", "interaction.order=seq"])
     assert cfg.kinds["user"]["columns"] == {"user_id": "customer"}
@@ -202,7 +202,7 @@ def test_hostile_names_from_data_reach_the_store_safely(tmp_path):
     assert rel == "X_DETACH_DELETE_N"
     edges = store.edges(rel)
     assert list(edges.columns) == ["source", "target", "w_set_n_pwned_1"]
-    from kg import cypher
+    from kgrec.kg import cypher
 
     text = cypher.upsert_edges(rel).text
     assert "`X_DETACH_DELETE_N`" in text and "DETACH DELETE n //" not in text

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ingest.synthetic import SIZES, SyntheticConfig, generate_catalogue, write_tables_fast
-from ingest.tables import read_tables, write_tables
+from kgrec.ingest.synthetic import SIZES, SyntheticConfig, generate_catalogue, write_tables_fast
+from kgrec.ingest.tables import read_tables, write_tables
 
 SMALL = dict(num_products=3000, num_users=800, num_interactions=12_000, category_branching=4, seed=3)
 
@@ -110,10 +110,10 @@ def test_written_tables_read_back(writer, tmp_path):
 
 def test_ingest_and_export(tmp_path):
     """The written tables go through the pipeline ``kgrec ingest`` runs and export to a snapshot."""
-    from ingest.pipeline import IngestConfig, Ingestor
-    from ingest.sources import discover
-    from kg.embedded import EmbeddedStore
-    from kg.export import export_snapshot
+    from kgrec.ingest.pipeline import IngestConfig, Ingestor
+    from kgrec.ingest.sources import discover
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.kg.export import export_snapshot
 
     tables = generate_catalogue(SyntheticConfig(num_products=300, num_users=50, num_interactions=500,
                                                 category_branching=3, num_brands=6, seed=2))

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from ingest.load import graph_frames, load_tables
-from ingest.tables import TableError, read_tables, write_tables
-from kg.embedded import EmbeddedStore
+from kgrec.ingest.load import graph_frames, load_tables
+from kgrec.ingest.tables import TableError, read_tables, write_tables
+from kgrec.kg.embedded import EmbeddedStore
 
 
 def test_round_trip(tiny_tables, tmp_path):

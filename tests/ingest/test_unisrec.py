@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.unisrec import parse_item_text, read_unisrec, split_category_paths
+from kgrec.ingest.unisrec import parse_item_text, read_unisrec, split_category_paths
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon-scientific"
 
@@ -79,7 +79,7 @@ def test_read_unisrec_reports_disagreeing_files(tmp_path):
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/amazon-scientific is absent")
 def test_real_scientific_counts_and_committed_tables_agree():
-    from ingest.tables import read_tables
+    from kgrec.ingest.tables import read_tables
 
     tables = read_unisrec(SHARED)
     assert (len(tables.products), len(tables.users)) == (4385, 8442)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from kg import cypher
-from kg.schema import NODE_TYPES, REL_TYPES, SchemaError
+from kgrec.kg import cypher
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES, SchemaError
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "cypher-lint"
 PACKAGE = TOOL / "node_modules" / "@neo4j-cypher" / "language-support"
@@ -36,7 +36,7 @@ def _linter_missing() -> str | None:
 
 
 def lint_schema() -> dict:
-    """Names the linter may see: everything in kg.schema plus the store's own additions."""
+    """Names the linter may see: everything in kgrec.kg.schema plus the store's own additions."""
     property_keys = {nt.key for nt in NODE_TYPES.values()}
     property_keys |= {k for rt in REL_TYPES.values() for k in rt.key}
     # Properties written from the catalogue (ingest/load.py) and by the Neo4j store.

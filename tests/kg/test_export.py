@@ -1,6 +1,6 @@
 import torch
 
-from kg.export import leave_one_out
+from kgrec.kg.export import leave_one_out
 
 
 def _pairs(index):

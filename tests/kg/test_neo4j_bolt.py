@@ -8,8 +8,8 @@ import neo4j
 import pandas as pd
 import pytest
 
-from kg import cypher
-from kg.neo4j_store import (
+from kgrec.kg import cypher
+from kgrec.kg.neo4j_store import (
     ENV_DATABASE,
     ENV_DIALECT,
     ENV_PASSWORD,
@@ -19,7 +19,7 @@ from kg.neo4j_store import (
     Neo4jConfigError,
     Neo4jStore,
 )
-from kg.schema import NODE_TYPES, SchemaError
+from kgrec.kg.schema import NODE_TYPES, SchemaError
 
 FULL_ENV = {ENV_URI: "bolt://db.example:7687", ENV_USER: "kgrec", ENV_PASSWORD: "s3cret"}
 

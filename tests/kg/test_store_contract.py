@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from kg.schema import NODE_TYPES, REL_TYPES, SchemaError
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES, SchemaError
 
 PRODUCTS = pd.DataFrame(
     {

@@ -1,0 +1,456 @@
+"""The fused text + knowledge-graph scorer (:class:`FusedRecommender`) and its config."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import HeteroData
+
+from kgrec.encoders.graph import HeteroGraphEncoder
+from kgrec.fusion.data import RecBatch, SearchBatch
+from kgrec.fusion.models.base import INTERACTION_EDGE, QUERY_EDGE, REV_INTERACTION_EDGE, REV_QUERY_EDGE, Recommender, drop_pairs
+
+
+@dataclass
+class FusedConfig:
+    """Configuration of :class:`FusedRecommender`.
+
+    Attributes:
+        graph_dim: size of the knowledge-graph encoder (default 64); the joint space
+            has the text size when text is used, else this size.
+        use_text: include the text tower (default True).
+        use_graph: include the graph tower and the user's graph vector (default True).
+        gnn_layers: message-passing layers of the knowledge-graph encoder (default 2).
+        max_history: history length the user tower reads (default 50).
+        recency_decay: initial weight ratio between consecutive history items (default 0.7).
+        dropout: dropout in the graph encoder (default 0.1).
+        temperature: softmax temperature on cosine scores (default 0.05).
+        user_graph: add the user's own GNN vector to the user tower (default False: in
+            training that vector has seen the user's later purchases, at test time it has
+            not, and the model learns to lean on it and overfits).
+        gate_bias: initial bias of the text/graph gate (default 1.0: about 73% text at the start;
+            3.0 left the graph branch too little room in 8 epochs, 0.0 overfitted).
+        graph_text_input: feed the product text vectors into the GNN as product input
+            features, so categories, brands and users aggregate text too (default False).
+        personalize_search: search adds the user's tower vector to the query vector with a
+            learned weight that starts at 0 (default True; only used when a search batch has
+            users with history).
+        feature_ids: node types with input features (products with ``graph_text_input``,
+            query nodes) also learn an ID embedding in the GNN (default True). False makes them
+            feature-only: the GNN encodes a product or query it never saw in training like one
+            it did. Use False for search on Home Depot, where most relevant test products were
+            judged for no train query: there ID embeddings learn "was judged in training" and
+            validation NDCG falls after the first epoch (``benchmarks/search.py --feature-ids``
+            shows the curve). Keep True for recommendation, where every test product was seen
+            in training.
+        catalogue_loss: with a trainable text tower, add this weight times a second listwise
+            search loss over the whole catalogue, scored against the cached product text: the
+            products' side carries no tower gradient (no fresh-vs-stale shortcut), the queries'
+            side does, and adapters and GNN see every product as a negative, as with a frozen
+            BERT. The in-batch loss (fresh products) stays. Default 0.0: in-batch only.
+    """
+
+    graph_dim: int = 64
+    use_text: bool = True
+    use_graph: bool = True
+    gnn_layers: int = 2
+    max_history: int = 50
+    recency_decay: float = 0.7
+    dropout: float = 0.1
+    temperature: float = 0.05
+    user_graph: bool = False
+    gate_bias: float = 1.0
+    graph_text_input: bool = False
+    personalize_search: bool = True
+    feature_ids: bool = True
+    catalogue_loss: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.catalogue_loss >= 0:
+            raise ValueError(f"catalogue_loss must be >= 0, got {self.catalogue_loss}")
+        if not (self.use_text or self.use_graph):
+            raise ValueError("FusedConfig needs use_text or use_graph")
+        if not 0 < self.recency_decay <= 1:
+            raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")
+
+
+class FusedRecommender(Recommender):
+    """The joint text + knowledge-graph scorer.
+
+    Product tower: ``p = g * T(text) + (1 - g) * G(graph)`` with a learned,
+    per-dimension gate ``g = sigmoid(W [T(text); G(graph)] + b)``; ``T`` is the
+    frozen text vector plus a trained residual adapter, ``G`` a projection of the
+    heterogeneous GNN's product vector.
+
+    User tower: a learned recency-weighted mean of the fused vectors of the
+    user's history, plus a residual feed-forward layer, plus a projection of the
+    user's own vector from the GNN.
+
+    Initialisation keeps the text signal: adapters and graph projections into the
+    user start at zero and the gate leans towards text, so an untrained model
+    ranks like :class:`TextZeroShot`; training moves it from there. Scores are
+    cosine similarities divided by ``temperature``; the loss is the softmax
+    cross-entropy over all products.
+
+    Args:
+        num_users, num_products: sizes.
+        config: :class:`FusedConfig`.
+        text_features: ``[P, d_text]`` product text vectors (frozen), required when ``use_text``.
+        num_nodes, edge_types: knowledge-graph node counts and edge types, required when ``use_graph``.
+        query_dim: text-vector size of queries for a graph-only model (a linear query tower).
+        node_features: ``{type: [N_t, d]}`` input features of other node types (e.g. the
+            ``query`` nodes of a search graph), fed to the GNN.
+        text_tower: a trainable text encoder (:class:`kgrec.encoders.tuning.TunedTextEncoder`): in
+            training the batch's products and queries are re-encoded with grad, the rest of the
+            catalogue comes from the ``text`` cache (:meth:`refresh_text`). None = frozen text.
+        product_texts: ``[P]`` product strings the text tower reads (required with it).
+    """
+
+    name = "fused"
+
+    def __init__(
+        self,
+        num_users: int,
+        num_products: int,
+        config: FusedConfig,
+        text_features: torch.Tensor | None = None,
+        num_nodes: dict[str, int] | None = None,
+        edge_types: list[tuple[str, str, str]] | None = None,
+        query_dim: int | None = None,
+        node_features: dict[str, torch.Tensor] | None = None,
+        text_tower: nn.Module | None = None,
+        product_texts: list[str] | None = None,
+    ) -> None:
+        super().__init__(num_users, num_products)
+        self.config = config
+        if config.use_text:
+            if text_features is None:
+                raise ValueError("use_text needs text_features")
+            self.register_buffer("text", F.normalize(text_features.float(), dim=-1))
+            d = text_features.shape[1]
+            self.text_adapter = _zero_linear(d, d)
+            # queries and product titles are different kinds of text: a query-side residual
+            self.query_adapter = _zero_linear(d, d)
+        else:
+            d = config.graph_dim
+            if query_dim is not None:  # graph-only search: query text -> graph space
+                self.query_proj = nn.Linear(query_dim, d)
+        self.dim = d
+        self.search_user_weight = nn.Parameter(torch.zeros(()))
+        # input features of other node types (e.g. the query nodes of a search graph)
+        self.feature_types = sorted(node_features or {})
+        for t in self.feature_types:
+            self.register_buffer(f"features_{t}", F.normalize(node_features[t].float(), dim=-1))
+        if text_tower is not None:
+            if not config.use_text:
+                raise ValueError("a text_tower needs use_text")
+            if product_texts is None or len(product_texts) != num_products:
+                raise ValueError("a text_tower needs product_texts, one per product")
+        self.text_tower = text_tower
+        self._fresh_rows: torch.Tensor | None = None
+        self.product_texts = list(product_texts) if product_texts is not None else None
+        if config.use_graph:
+            if num_nodes is None or edge_types is None:
+                raise ValueError("use_graph needs num_nodes and edge_types")
+            input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else {}
+            input_dims.update({t: int(node_features[t].shape[1]) for t in self.feature_types})
+            self.graph = HeteroGraphEncoder(
+                num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout,
+                feature_only=() if config.feature_ids else tuple(input_dims),
+            )
+            self.graph_proj = nn.Linear(config.graph_dim, d)
+            self.user_graph_proj = _zero_linear(config.graph_dim, d)
+        if config.use_text and config.use_graph:
+            self.gate = nn.Linear(2 * d, d)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, config.gate_bias)
+            # the graph branch starts at zero, so the untrained fused model ranks like text alone
+            nn.init.zeros_(self.graph_proj.weight)
+            nn.init.zeros_(self.graph_proj.bias)
+        age = torch.arange(config.max_history - 1, -1, -1, dtype=torch.float32)
+        self.recency = nn.Parameter(age * math.log(config.recency_decay))
+        self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
+        self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def set_graph(self, graph: HeteroData) -> None:
+        super().set_graph(graph)
+        self._cache = None
+
+    def train(self, mode: bool = True) -> "FusedRecommender":
+        self._cache = None
+        return super().train(mode)
+
+    def _encode(self, edges: dict, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(products ``[P, d]``, user graph vectors ``[U, d]`` or None); ``text`` overrides the
+        ``[P, d_text]`` unit text matrix (fresh tower vectors during fine-tuning)."""
+        if text is None and self.config.use_text:
+            text = self.text
+        t = text + self.text_adapter(text) if self.config.use_text else None
+        if not self.config.use_graph:
+            return t, None
+        nodes = self._graph_nodes(edges, text)
+        graph_p = self.graph_proj(nodes["product"])
+        users = self.user_graph_proj(nodes["user"]) if "user" in nodes else None
+        if t is None:
+            return graph_p, users
+        g = torch.sigmoid(self.gate(torch.cat([t, graph_p], dim=-1)))
+        return g * t + (1 - g) * graph_p, users
+
+    def _graph_nodes(self, edges: dict, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The GNN's node vectors (with text and other node features as inputs when configured)."""
+        features = {t: getattr(self, f"features_{t}") for t in self.feature_types}
+        if self.config.graph_text_input and self.config.use_text:
+            features["product"] = self.text if text is None else text
+        return self.graph(edges, features or None)
+
+    def _fresh_text(self, products: torch.Tensor) -> torch.Tensor | None:
+        """With a trainable text tower in training: the text matrix with the rows of
+        ``products`` re-encoded (with grad); the other rows come from the cache
+        :meth:`refresh_text` fills. None otherwise (use the cache as it is)."""
+        self._fresh_rows = None
+        tower = self.text_tower
+        if tower is None or not self.training or not getattr(tower, "trainable", False):
+            return None
+        rows = torch.unique(products[products >= 0])
+        self._fresh_rows = rows
+        vectors = F.normalize(tower([self.product_texts[i] for i in rows.tolist()]).float(), dim=-1)
+        return self.text.index_put((rows.to(self.text.device),), vectors.to(self.text.device))
+
+    @torch.no_grad()
+    def refresh_text(self, batch_size: int | None = None, progress: bool = False) -> None:
+        """Re-encode every product title with the text tower into the ``text`` cache (the
+        trainer calls it after each epoch, before validation; the buffer is saved with the
+        weights, so restoring the best epoch restores its matching cache)."""
+        if self.text_tower is None:
+            return
+        vectors = self.text_tower.encode(self.product_texts, batch_size=batch_size, progress=progress)
+        self.text.copy_(F.normalize(vectors.float(), dim=-1).to(self.text.device))
+        self._cache = None
+
+    def _towers(self, batch: RecBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.training:
+            text = self._fresh_text(batch.targets) if batch is not None else None
+            return self._encode(self._edges_without(batch) if batch is not None else self.edge_index_dict, text)
+        if self._cache is None:
+            with torch.no_grad():
+                self._cache = self._encode(self.edge_index_dict)
+        return self._cache
+
+    def _users(self, batch: RecBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        history = batch.history[:, -self.config.max_history :]
+        mask = history >= 0
+        logits = self.recency[-history.shape[1] :].unsqueeze(0).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # empty history -> zero weights
+        user = torch.einsum("bl,bld->bd", weights, F.normalize(products, dim=-1)[history.clamp(min=0)])
+        user = user + self.user_ffn(user)
+        if user_nodes is not None and self.config.user_graph:
+            user = user + user_nodes[batch.users]
+        return user
+
+    def _logits(self, batch: RecBatch) -> torch.Tensor:
+        products, user_nodes = self._towers(batch)
+        users = self._users(batch, products, user_nodes)
+        return F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+
+    def _in_batch(self, logits: torch.Tensor, products: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With a trainable text tower in training, keep only the columns of the products
+        re-encoded this step (in-batch negatives): the cached rows were encoded by an older
+        tower, and a softmax that mixes them lets the tower tell fresh from stale instead of
+        relevant from not. ``products`` are remapped to column positions (-1 stays -1)."""
+        rows = self._fresh_rows if self.training else None
+        if rows is None:
+            return logits, products
+        rows = rows.to(logits.device)
+        position = torch.searchsorted(rows, products.clamp(min=0))
+        return logits[:, rows], torch.where(products >= 0, position, products)
+
+    def loss(self, batch: RecBatch) -> torch.Tensor:
+        logits, targets = self._in_batch(self._logits(batch), batch.targets)
+        return F.cross_entropy(logits, targets)
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        return self._logits(batch)
+
+    def product_embeddings(self) -> torch.Tensor:
+        return F.normalize(self._towers(None)[0], dim=-1)
+
+    # -- search: the same product tower, a query tower over the same text encoder ----------
+
+    def query_vectors(self, queries: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
+        """``[B, d]`` query vectors in the product space from ``[B, d_text]`` text vectors.
+
+        With a text tower and ``texts``, the tower re-encodes ``texts`` instead (with grad when it
+        trains): ``queries`` come from the base encoder, while the product cache holds the
+        tower's vectors, and a query must live in the space of the products it is scored with."""
+        tower = self.text_tower
+        if tower is not None and texts is not None:
+            if self.training and getattr(tower, "trainable", False):
+                queries = tower(list(texts))
+            else:
+                queries = tower.encode(list(texts)).to(queries.device)
+        q = F.normalize(queries.float(), dim=-1)
+        if self.config.use_text:
+            return q + self.text_adapter(q) + self.query_adapter(q)
+        if not hasattr(self, "query_proj"):
+            raise NotImplementedError(f"{self.name} was built without query_dim: it cannot encode a query")
+        return self.query_proj(q)
+
+    def _search_edges(self, batch: SearchBatch, rec: RecBatch | None = None) -> dict:
+        """The message-passing edges without the batches' supervision pairs (training)."""
+        edges = dict(self.edge_index_dict)
+        if rec is not None:
+            edges = drop_pairs(edges, INTERACTION_EDGE, REV_INTERACTION_EDGE, rec.users, rec.targets)
+        judged = batch.products.shape[1]
+        edges = drop_pairs(edges, INTERACTION_EDGE, REV_INTERACTION_EDGE,
+                           batch.users.repeat_interleave(judged), batch.products.flatten())
+        return drop_pairs(edges, QUERY_EDGE, REV_QUERY_EDGE,
+                          batch.query_nodes.repeat_interleave(judged), batch.products.flatten())
+
+    def _search_products(self, batch: SearchBatch, rec: RecBatch | None = None,
+                         edges: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Product tower for a search (and recommendation) batch: in training the batches'
+        supervision pairs leave the message-passing graph and fresh text rows are encoded."""
+        if not self.training:
+            return self._towers(None)
+        edges = self._search_edges(batch, rec) if edges is None else edges
+        fresh = batch.products.flatten() if rec is None else torch.cat([batch.products.flatten(), rec.targets])
+        return self._encode(edges, self._fresh_text(fresh))
+
+    def _search_logits(self, batch: SearchBatch, products: torch.Tensor, user_nodes: torch.Tensor | None,
+                       queries: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, P]`` logits; ``queries``: the batch's ``query_vectors`` when already computed."""
+        q = self.query_vectors(batch.queries, batch.texts) if queries is None else queries
+        q = F.normalize(q, dim=-1)
+        has_history = (batch.history >= 0).any(1, keepdim=True)
+        if self.config.personalize_search and bool(has_history.any()):
+            user = self._users(RecBatch(batch.users.clamp(min=0), batch.history, batch.users), products, user_nodes)
+            q = q + self.search_user_weight * torch.where(has_history, F.normalize(user, dim=-1), 0.0)
+        return F.normalize(q, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+
+    def search_logits(self, batch: SearchBatch) -> torch.Tensor:
+        """``[B, P]`` search scores of every product: cosine between the (optionally
+        personalised) query vector and the fused product vectors, over ``temperature``."""
+        products, user_nodes = self._search_products(batch)
+        return self._search_logits(batch, products, user_nodes)
+
+    def _graded_loss(self, logits: torch.Tensor, batch: SearchBatch, in_batch: bool = True) -> torch.Tensor:
+        judged = batch.products >= 0
+        gains = torch.where(judged, torch.pow(2.0, batch.grades.float()) - 1.0, 0.0)
+        total = gains.sum(1)
+        keep = total > 0
+        if not bool(keep.any()):
+            return logits.sum() * 0.0
+        target = gains / total.clamp(min=1e-12).unsqueeze(1)
+        products = batch.products
+        if in_batch:
+            logits, products = self._in_batch(logits, products)
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(1, products.clamp(min=0))
+        return -(target * picked).sum(1)[keep].mean()
+
+    def _search_term(self, batch: SearchBatch, rec: RecBatch | None = None):
+        """(search loss, products, user nodes) of one step: the listwise loss, plus
+        ``catalogue_loss`` times its whole-catalogue twin on cached text while a trainable
+        text tower trains."""
+        edges = self._search_edges(batch, rec) if self.training else None
+        products, user_nodes = self._search_products(batch, rec, edges)
+        queries = self.query_vectors(batch.queries, batch.texts)
+        loss = self._graded_loss(self._search_logits(batch, products, user_nodes, queries), batch)
+        if self.training and self._fresh_rows is not None and self.config.catalogue_loss > 0:
+            cached, cached_users = self._encode(edges)  # the cache: no tower gradient on the product side
+            logits = self._search_logits(batch, cached, cached_users, queries)
+            loss = loss + self.config.catalogue_loss * self._graded_loss(logits, batch, in_batch=False)
+        return loss, products, user_nodes
+
+    def search_loss(self, batch: SearchBatch) -> torch.Tensor:
+        """Listwise softmax cross-entropy over all products against the target distribution
+        ``∝ 2^grade - 1`` of each query's judged products (queries with no gain skipped)."""
+        return self._search_term(batch)[0]
+
+    def forward(self, batch: RecBatch | None, search: SearchBatch | None = None, search_weight: float = 1.0) -> torch.Tensor:
+        """Multi-task loss with one shared product tower (one graph pass for both tasks):
+        ``loss(batch) + search_weight * search_loss(search)``; either part may be None."""
+        if search is None:
+            return self.loss(batch)
+        search_loss, products, user_nodes = self._search_term(search, batch)
+        loss = search_weight * search_loss
+        if batch is not None and len(batch):
+            users = self._users(batch, products, user_nodes)
+            logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+            logits, targets = self._in_batch(logits, batch.targets)
+            loss = loss + F.cross_entropy(logits, targets)
+        return loss
+
+    @torch.no_grad()
+    def serving_state(self) -> dict[str, torch.Tensor]:
+        """``products`` (unit fused vectors), ``product_text`` (``T``), ``product_graph`` (``G``)
+        and, with ``user_graph``, the users' projected GNN vectors, under the current graph."""
+        products, user_nodes = self._encode(self.edge_index_dict)
+        state = {"products": F.normalize(products, dim=-1)}
+        if self.config.use_text:
+            state["product_text"] = self.text + self.text_adapter(self.text)
+        if self.config.use_graph:
+            state["product_graph"] = self.graph_proj(self._graph_nodes(self.edge_index_dict)["product"])
+        if self.config.use_graph and self.config.user_graph:
+            state["user_graph"] = user_nodes
+        return {k: v.detach().float().cpu().clone() for k, v in state.items()}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        """``normalize(user) / temperature``; unknown users (-1) get no GNN user vector."""
+        users = batch.users
+        user_nodes = state.get("user_graph") if self.config.user_graph else None
+        if user_nodes is not None:  # the batch's rows; an unknown user (-1) gets zeros
+            known = (users >= 0).unsqueeze(-1)
+            user_nodes = torch.where(known, user_nodes[users.clamp(min=0)], 0.0)
+            users = torch.arange(len(batch), device=users.device)
+        # read only the history's rows (the user tower normalises the matrix it is given)
+        rows, compact = torch.unique(batch.history.clamp(min=0), return_inverse=True)
+        history = torch.where(batch.history >= 0, compact, batch.history)
+        user = self._users(RecBatch(users, history, batch.targets), state["products"][rows], user_nodes)
+        return F.normalize(user, dim=-1) / self.config.temperature
+
+    @torch.no_grad()
+    def serving_add_products(self, state, text, neighbours):
+        """``T`` from the new text through the trained adapter; ``G`` = neighbours' mean of
+        ``G`` (the GNN never saw the product); fused with the trained gate."""
+        device = state["products"].device
+        parts = {}
+        if self.config.use_text:
+            if text is None:
+                raise ValueError(f"{self.name} needs the new products' text vectors")
+            t = F.normalize(text.float(), dim=-1).to(device)
+            parts["product_text"] = t + self.text_adapter(t)
+        if self.config.use_graph:
+            parts["product_graph"] = neighbours.to(device).float() @ state["product_graph"]
+        if self.config.use_text and self.config.use_graph:
+            t, g = parts["product_text"], parts["product_graph"]
+            gate = torch.sigmoid(self.gate(torch.cat([t, g], dim=-1)))
+            fused = gate * t + (1 - gate) * g
+        else:
+            fused = next(iter(parts.values()))
+        parts["products"] = F.normalize(fused, dim=-1)
+        out = dict(state)
+        for key, value in parts.items():
+            out[key] = torch.cat([state[key], value])
+        return out
+
+    def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """The query tower (:meth:`query_vectors`) applied to ``[B, d_text]`` text vectors,
+        unit length (cosine against the fused product vectors)."""
+        if not self.config.use_text and not hasattr(self, "query_proj"):
+            raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
+        with torch.no_grad():
+            return F.normalize(self.query_vectors(text.to(state["products"].device)), dim=-1)
+
+
+def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A linear layer that starts as the zero map (a residual branch that starts off)."""
+    layer = nn.Linear(d_in, d_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer

@@ -1,0 +1,57 @@
+"""The untrained text baseline: users are recency-weighted means of their products' text vectors."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kgrec.fusion.data import RecBatch
+from kgrec.fusion.models.base import Recommender
+
+
+class TextZeroShot(Recommender):
+    """Untrained text baseline: a user is the recency-weighted mean of the text
+    vectors of their history (weight ``decay**age``); cosine scores.
+
+    Args:
+        text_features: ``[P, d]`` product text vectors.
+        decay: weight ratio between consecutive history items (default 0.7).
+    """
+
+    name = "text-zero-shot"
+
+    def __init__(self, num_users: int, text_features: torch.Tensor, decay: float = 0.7) -> None:
+        super().__init__(num_users, text_features.shape[0])
+        self.decay = decay
+        self.register_buffer("text", F.normalize(text_features.float(), dim=-1))
+
+    def score_all(self, batch: RecBatch) -> torch.Tensor:
+        length = batch.history.shape[1]
+        age = torch.arange(length - 1, -1, -1, device=batch.history.device, dtype=torch.float32)
+        weights = (self.decay**age).unsqueeze(0) * (batch.history >= 0).float()
+        vectors = self.text[batch.history.clamp(min=0)]
+        user = (weights.unsqueeze(-1) * vectors).sum(1)
+        return F.normalize(user, dim=-1) @ self.text.T
+
+    def product_embeddings(self) -> torch.Tensor:
+        return self.text
+
+    def config_dict(self) -> dict:
+        return {"decay": self.decay}
+
+    def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
+        text = state["products"]
+        length = batch.history.shape[1]
+        age = torch.arange(length - 1, -1, -1, device=batch.history.device, dtype=torch.float32)
+        weights = (self.decay**age).unsqueeze(0) * (batch.history >= 0).float()
+        user = (weights.unsqueeze(-1) * text[batch.history.clamp(min=0)]).sum(1)
+        return F.normalize(user, dim=-1)
+
+    @torch.no_grad()
+    def serving_add_products(self, state, text, neighbours):
+        if text is None:
+            raise ValueError(f"{self.name} needs the new products' text vectors")
+        new = F.normalize(text.float(), dim=-1).to(state["products"])
+        return {**state, "products": torch.cat([state["products"], new])}
+
+    def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(text.float(), dim=-1)

@@ -1,0 +1,559 @@
+"""The scoring API over an artifact: recommend, similar, score, search, explain, add_products.
+
+>>> from kgrec.serving.api import Scorer                                    # doctest: +SKIP
+>>> scorer = Scorer.load("runs/artifact")                            # doctest: +SKIP
+>>> scorer.recommend(["A2HK2Z2LQ3RTTG"], k=5)[0].items               # doctest: +SKIP
+>>> scorer.recommend(["new-visitor"], session=["B0000223SI"])        # doctest: +SKIP
+>>> scorer.similar(["B0000223SI"], k=5)                              # doctest: +SKIP
+>>> scorer.search("nitrile gloves", k=5)                             # doctest: +SKIP
+>>> scorer.explain("A2HK2Z2LQ3RTTG", "B0000223SK").paths[0].cypher    # doctest: +SKIP
+
+Every batched method does one matrix product and one ``torch.topk`` for the whole
+batch; Python loops only build inputs and unpack results.
+
+Users. A known user's vector comes from their visible history (``source="history"``);
+session items, if given, are appended to it. A user the artifact does not know, with
+``session=[product ids]``, is scored from the session as if it were a history
+(``"session"``); with neither, the user gets the most popular products
+(``"popularity"``: visible interaction counts). Models whose users are ID embeddings
+(MF, LightGCN) fold a session user in as the mean of the session's product vectors.
+
+Scores are the model's own (the fused model: cosine / temperature; popularity: counts);
+compare them within one request, not across models.
+
+New products. :meth:`Scorer.add_products` scores products the model never saw, without
+retraining: the text tower reads their text (encoded with the artifact's text encoder),
+the graph part is the mean graph vector of the products in the same leaf category
+(or the nearest ancestor category that has products) averaged with the mean of the
+same brand's products, fused by the trained gate. That is an approximation: the GNN
+never ran on the new product and its interactions.
+
+Search. The query is encoded by the artifact's text encoder (its tuned tower when the
+model fine-tuned BERT), passed through the model's query tower (``T(q) = q + adapter(q) +
+query_adapter(q)``) and ranked by cosine against the fused product vectors. With
+``user_id`` the query becomes ``normalize(T(q) + w * u)``, ``u`` the user's unit vector and
+``w = user_weight`` (default: the weight learned in search training, 0.3 for a model never
+trained to search). With ``lexical_weight > 0`` the search is hybrid (:mod:`kgrec.search.hybrid`):
+each query's cosines and its BM25 scores over the product titles are standardised over the
+candidates and mixed, ``(1 - w) z(cosine) + w z(bm25)``; the returned scores are then those
+mixed z-scores. Choose the weight on validation queries (``benchmarks/search.py`` prints
+the one it chose for its data).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from kgrec.serving.artifact import Artifact, ArtifactError, category_ancestors, load_artifact
+from kgrec.fusion.data import RecBatch
+from kgrec.serving.explain import SESSION, Explanation, find_paths
+from kgrec.fusion.models import FusedRecommender, Popularity, TextZeroShot
+from kgrec.kg.schema import CATEGORY_SEPARATOR
+
+SOURCES = ("history", "session", "popularity")
+FILTER_KEYS = ("category", "brand")
+
+
+@dataclass
+class Recommendation:
+    """Recommendations for one user: ``items`` = ``[(product_id, score), ...]`` best first;
+    ``source`` = what the user vector came from: ``history``, ``session`` or ``popularity``."""
+
+    user_id: str
+    items: list[tuple[str, float]]
+    source: str
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def to_dict(self) -> dict:
+        return {"user_id": self.user_id, "source": self.source,
+                "items": [{"product_id": p, "score": s} for p, s in self.items]}
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _id_list(values: Any, what: str) -> list[str]:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be a list of ids, got a single string {values!r}; wrap it in a list")
+    out = [str(v) for v in values]
+    if not out:
+        raise ValueError(f"{what} is empty")
+    return out
+
+
+class Scorer:
+    """Serving over a loaded :class:`~kgrec.serving.artifact.Artifact` (see the module docstring).
+
+    Args:
+        artifact: a loaded artifact.
+        text_model: directory of the text encoder if it moved since the artifact was
+            saved (its fingerprint must match the artifact's).
+    """
+
+    def __init__(self, artifact: Artifact, text_model: str | os.PathLike[str] | None = None) -> None:
+        self.artifact = artifact
+        self.model = artifact.model.eval()
+        self.state = dict(artifact.state)
+        self.max_history = artifact.max_history
+        self._text_model = text_model
+        self._encoder = None
+        self.user_ids: list[str] = list(artifact.id_maps["user"])
+        self.product_ids: list[str] = list(artifact.id_maps["product"])
+        self._uid = {u: i for i, u in enumerate(self.user_ids)}
+        self._pid = {p: i for i, p in enumerate(self.product_ids)}
+        products = artifact.products
+        self.titles: list[str] = products["title"].astype(str).tolist()
+        self.brand = products["brand"].fillna("").astype(str).to_numpy(dtype=object)
+        self.category = products["category"].fillna("").astype(str).to_numpy(dtype=object)
+        self._index_attributes(0)
+
+        inter = artifact.interactions.sort_values(["user", "order"], kind="stable")
+        users = inter["user"].to_numpy(np.int64)
+        self._hist_products = inter["product"].to_numpy(np.int64)
+        self._hist_rels = inter["rel"].astype(str).to_numpy(dtype=object)
+        counts = np.bincount(users, minlength=len(self.user_ids))
+        self._indptr = np.concatenate([[0], np.cumsum(counts)])
+        self._history = self._padded(np.arange(len(self.user_ids)))
+        pop = np.bincount(self._hist_products, minlength=len(self.product_ids)).astype(np.float32)
+        self.popularity = torch.as_tensor(pop)
+        self._buyers: dict[int, dict[int, str]] | None = None
+        self._unit: torch.Tensor | None = None
+        self._bm25 = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        text_model: str | os.PathLike[str] | None = None,
+        verify: bool = True,
+    ) -> "Scorer":
+        """Load the artifact at ``path`` (see :func:`kgrec.serving.artifact.load_artifact`)."""
+        return cls(load_artifact(path, device=device, verify=verify), text_model=text_model)
+
+    @property
+    def num_products(self) -> int:
+        return len(self.product_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.state["products"].device
+
+    def _index_attributes(self, start: int) -> None:
+        """Brand / category (with ancestors) -> product indices, for filters and neighbours."""
+        if start == 0:
+            self._by_brand: dict[str, list[int]] = {}
+            self._by_category: dict[str, list[int]] = {}
+        for i in range(start, len(self.product_ids)):
+            if self.brand[i]:
+                self._by_brand.setdefault(self.brand[i], []).append(i)
+            for c in category_ancestors(self.category[i]):
+                self._by_category.setdefault(c, []).append(i)
+
+    def _padded(self, users: np.ndarray) -> torch.Tensor:
+        """``[len(users), max_history]`` visible histories, most recent last, -1 padded."""
+        lo, hi = self._indptr[users], self._indptr[users + 1]
+        lengths = np.minimum(hi - lo, self.max_history)
+        rows = np.repeat(np.arange(len(users)), lengths)
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = self.max_history - np.repeat(lengths, lengths) + within
+        src = np.repeat(hi - lengths, lengths) + within
+        out = np.full((len(users), self.max_history), -1, dtype=np.int64)
+        out[rows, cols] = self._hist_products[src]
+        return torch.as_tensor(out)
+
+    def _product_index(self, product_id: Any, what: str = "product") -> int:
+        try:
+            return self._pid[str(product_id)]
+        except KeyError:
+            raise ValueError(f"unknown {what} id {str(product_id)!r}") from None
+
+    def user_history(self, user_id: str) -> list[str]:
+        """A known user's visible history (oldest first); [] for an unknown user."""
+        u = self._uid.get(str(user_id))
+        if u is None:
+            return []
+        return [self.product_ids[p] for p in self._hist_products[self._indptr[u] : self._indptr[u + 1]]]
+
+    # ------------------------------------------------------------------ users
+
+    def _sessions(self, user_ids: list[str], session: Any) -> list[list[int]]:
+        if session is None:
+            return [[] for _ in user_ids]
+        if isinstance(session, Mapping):
+            unknown = set(map(str, session)) - set(user_ids)
+            if unknown:
+                raise ValueError(f"session given for user {sorted(unknown)[0]!r}, who is not in the request")
+            raw = [session.get(u, []) for u in user_ids]
+        else:
+            items = _id_list(session, "session") if len(session) else []
+            raw = [items for _ in user_ids]
+        return [[self._product_index(p, "session product") for p in _id_list(s, "session")] if len(s) else [] for s in raw]
+
+    def _users(self, user_ids: list[str], session: Any = None):
+        """``(vectors [B, d], popularity rows [B] bool, sources, seen [B] lists)``.
+
+        One call of the model's user tower for the whole batch."""
+        sessions = self._sessions(user_ids, session)
+        index = np.array([self._uid.get(u, -1) for u in user_ids], dtype=np.int64)
+        known = index >= 0
+        history = torch.full((len(user_ids), self.max_history), -1, dtype=torch.long)
+        if known.any():
+            history[torch.as_tensor(known)] = self._padded(index[known])
+        sources, seen = [], []
+        for row, (u, items) in enumerate(zip(index, sessions)):
+            past = self._hist_products[self._indptr[u] : self._indptr[u + 1]] if u >= 0 else np.empty(0, np.int64)
+            if items:  # session items follow the stored history (most recent last)
+                merged = np.concatenate([past, np.asarray(items, dtype=np.int64)])[-self.max_history :]
+                history[row] = -1
+                history[row, self.max_history - len(merged) :] = torch.as_tensor(merged)
+            seen.append(np.concatenate([past, np.asarray(items, dtype=np.int64)]))
+            if isinstance(self.model, Popularity) or (len(past) == 0 and not items):
+                sources.append("popularity")
+            else:
+                sources.append("history" if len(past) else "session")
+        batch = RecBatch(torch.as_tensor(index), history, torch.full((len(user_ids),), -1, dtype=torch.long)).to(self.device)
+        with torch.no_grad():
+            vectors = self.model.serving_users(self.state, batch)
+        pop = torch.as_tensor([s == "popularity" for s in sources], device=self.device)
+        return vectors, pop, sources, seen
+
+    def user_vectors(self, user_ids: list[str]) -> torch.Tensor:
+        """``[B, d]`` the model's vectors of known users (those ``recommend`` multiplies with)."""
+        unknown = [u for u in user_ids if u not in self._uid]
+        if unknown:
+            raise ValueError(f"unknown user id {unknown[0]!r} ({len(unknown)} unknown)")
+        return self._users(list(user_ids))[0]
+
+    def _seen_mask(self, seen: list[np.ndarray]) -> torch.Tensor:
+        rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+        cols = np.concatenate(seen) if seen else np.empty(0, np.int64)
+        mask = torch.zeros(len(seen), self.num_products, dtype=torch.bool)
+        mask[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = True
+        return mask.to(self.device)
+
+    def candidates(self, filters: Mapping[str, Any] | None) -> torch.Tensor | None:
+        """``[P]`` bool of the products that pass ``filters`` (None = all).
+
+        ``{"category": id or [ids], "brand": id or [ids]}``: a product passes a category
+        filter when its leaf category is the given category or below it; values of one
+        key are OR-ed, keys AND-ed. Unknown keys or values raise ValueError.
+        """
+        if not filters:
+            return None
+        keep = torch.ones(self.num_products, dtype=torch.bool)
+        for key, values in filters.items():
+            if key not in FILTER_KEYS:
+                raise ValueError(f"unknown filter {key!r}; known: {list(FILTER_KEYS)}")
+            values = [values] if isinstance(values, str) else list(values)
+            table = self._by_category if key == "category" else self._by_brand
+            allowed = torch.zeros(self.num_products, dtype=torch.bool)
+            for value in values:
+                if str(value) not in table:
+                    raise ValueError(f"unknown {key} {str(value)!r} in filters")
+                allowed[table[str(value)]] = True
+            keep &= allowed
+        return keep.to(self.device)
+
+    def _top(
+        self,
+        vectors: torch.Tensor,
+        products: torch.Tensor,
+        k: int,
+        filters: Mapping[str, Any] | None = None,
+        exclude: torch.Tensor | None = None,
+        popular: torch.Tensor | None = None,
+        lexical: tuple[float, torch.Tensor] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """One matrix product and one ``torch.topk`` for the whole batch.
+
+        Only the products that pass ``filters`` enter the product (so a narrow filter is
+        cheaper, not dearer); ``exclude`` ``[B, P]`` masks products per row; rows flagged in
+        ``popular`` are scored by popularity instead of the model; ``lexical`` =
+        ``(weight, [B, P] scores)`` mixes those scores in (:func:`kgrec.search.hybrid.mix`, over the
+        candidates that pass ``filters``).
+        """
+        keep = self.candidates(filters)
+        cols = None if keep is None else keep.nonzero().squeeze(1)
+        scores = vectors @ (products if cols is None else products[cols]).T
+        if lexical is not None:
+            from kgrec.search.hybrid import mix
+
+            weight, extra = lexical
+            scores = mix(scores, extra if cols is None else extra[:, cols], weight)
+        if popular is not None and bool(popular.any()):
+            counts = self.popularity.to(scores) if cols is None else self.popularity.to(scores)[cols]
+            scores = torch.where(popular.unsqueeze(1), counts.unsqueeze(0), scores)
+        if exclude is not None:
+            scores = scores.masked_fill(exclude if cols is None else exclude[:, cols], float("-inf"))
+        k = min(k, scores.shape[1])
+        if k == 0:
+            return [[] for _ in range(scores.shape[0])]
+        top = torch.topk(scores, k, dim=1)
+        indices = top.indices if cols is None else cols[top.indices]
+        values, indices = top.values.cpu().tolist(), indices.cpu().tolist()
+        ids = self.product_ids
+        return [
+            [(ids[i], float(v)) for v, i in zip(vs, idx) if v != float("-inf")]
+            for vs, idx in zip(values, indices)
+        ]
+
+    # ------------------------------------------------------------------ recommend
+
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        filters: Mapping[str, Any] | None = None,
+        session: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    ) -> list[Recommendation]:
+        """Top ``k`` products per user, best first (fewer when fewer candidates pass).
+
+        Args:
+            user_ids: external user ids; unknown ones are cold-start users.
+            exclude_seen: drop the user's visible history and session items.
+            filters: see :meth:`candidates`.
+            session: product ids for every user of the request, or ``{user_id: [ids]}``.
+        """
+        user_ids = _id_list(user_ids, "user_ids")
+        k = _check_k(k)
+        vectors, pop, sources, seen = self._users(user_ids, session)
+        exclude = self._seen_mask(seen) if exclude_seen else None
+        items = self._top(vectors, self.state["products"], k, filters, exclude, pop)
+        return [Recommendation(u, i, s) for u, i, s in zip(user_ids, items, sources)]
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """The model's score of each ``(user_id, product_id)`` pair (known users only)."""
+        pairs = [(str(u), str(p)) for u, p in pairs]
+        if not pairs:
+            return []
+        for u, _ in pairs:
+            if u not in self._uid:
+                raise ValueError(f"unknown user id {u!r}")
+        users = list(dict.fromkeys(u for u, _ in pairs))
+        row = {u: i for i, u in enumerate(users)}
+        rows = torch.as_tensor([row[u] for u, _ in pairs], device=self.device)
+        products = torch.as_tensor([self._product_index(p) for _, p in pairs], device=self.device)
+        vectors, pop, _, _ = self._users(users)
+        dots = (vectors[rows] * self.state["products"][products]).sum(-1)
+        return torch.where(pop[rows], self.popularity.to(dots)[products], dots).tolist()
+
+    # ------------------------------------------------------------------ similar / search
+
+    def _unit_products(self) -> torch.Tensor:
+        if self._unit is None:
+            if isinstance(self.model, Popularity):
+                raise ValueError("the popularity model has no product vectors: similar / search need one")
+            self._unit = F.normalize(self.state["products"], dim=-1)
+        return self._unit
+
+    def similar(
+        self, product_ids: Sequence[str], k: int = 10, filters: Mapping[str, Any] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Per product, the ``k`` nearest other products by cosine of the model's product vectors."""
+        product_ids = _id_list(product_ids, "product_ids")
+        index = torch.as_tensor([self._product_index(p) for p in product_ids], device=self.device)
+        k = _check_k(k)
+        unit = self._unit_products()
+        itself = torch.zeros(len(index), self.num_products, dtype=torch.bool, device=self.device)
+        itself[torch.arange(len(index)), index] = True
+        return self._top(unit[index], unit, k, filters, exclude=itself)
+
+    def text_encoder(self):
+        """The artifact's text encoder (loaded on first use; fingerprint checked)."""
+        if self._encoder is None:
+            from kgrec.encoders.text import TextEncoder, TextEncoderConfig
+
+            info = self.artifact.text_encoder_info
+            if not info:
+                raise ValueError("the artifact records no text encoder: search and add_products need one")
+            config = dict(info.get("config") or {"model_path": info["path"]})
+            if self._text_model is not None:
+                config["model_path"] = str(self._text_model)
+            encoder = TextEncoder(TextEncoderConfig(**config))
+            if encoder.fingerprint != info["fingerprint"]:
+                raise ArtifactError(
+                    encoder.model_path,
+                    f"text encoder fingerprint {encoder.fingerprint} differs from the artifact's {info['fingerprint']}",
+                )
+            tuning = self.artifact.config.get("text_tuning", {"mode": "frozen"})
+            if tuning.get("mode", "frozen") != "frozen":  # queries and new products go through the tuned tower
+                from kgrec.encoders.tuning import TunedTextEncoder
+
+                encoder = TunedTextEncoder.load(self.artifact.path / "text_tower", encoder)
+            self._encoder = encoder.to(self.device).eval()
+        return self._encoder
+
+    def _reads_text(self) -> bool:
+        return isinstance(self.model, TextZeroShot) or (
+            isinstance(self.model, FusedRecommender) and self.model.config.use_text
+        )
+
+    def search(
+        self,
+        query: str | Sequence[str],
+        k: int = 10,
+        user_id: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        session: Sequence[str] | None = None,
+        user_weight: float | None = None,
+        lexical_weight: float = 0.0,
+    ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """Products for a text query (or a list of queries), best first, by cosine.
+
+        With ``user_id`` (and/or ``session``) the query vector leans towards that user
+        (see the module docstring) by ``user_weight``: default the weight the model learned
+        in search training (``search_user_weight``), 0.3 for a model never trained to search.
+        ``lexical_weight`` in [0, 1] mixes in BM25 over the product titles (default 0: the
+        model alone; hybrid search in the module docstring).
+        Returns one list for a string, a list of lists for a list.
+        """
+        if user_weight is None:
+            learned = getattr(self.model, "search_user_weight", None)
+            user_weight = float(learned.detach()) if learned is not None and float(learned.detach()) != 0.0 else 0.3
+        single = isinstance(query, str)
+        queries = [query] if single else [str(q) for q in query]
+        if not queries or any(not q.strip() for q in queries):
+            raise ValueError("search needs a non-empty query")
+        k = _check_k(k)
+        if not 0.0 <= float(lexical_weight) <= 1.0:
+            raise ValueError(f"lexical_weight must be in [0, 1], got {lexical_weight}")
+        if not self._reads_text():
+            raise ValueError(f"model {self.model.name!r} has no text tower: it cannot search by text")
+        text = self.text_encoder().encode(queries).to(self.device)
+        with torch.no_grad():
+            q = self.model.serving_query(self.state, text)
+        if user_id is not None or session:
+            vectors, pop, _, _ = self._users([str(user_id) if user_id is not None else "\x00session"], session)
+            if not bool(pop[0]):
+                q = F.normalize(q + user_weight * F.normalize(vectors[:1], dim=-1), dim=-1)
+        lexical = None
+        if lexical_weight > 0:
+            lexical = (float(lexical_weight), self.lexical_ranker().score_all(queries).to(self.device))
+        out = self._top(q, self._unit_products(), k, filters, lexical=lexical)
+        return out[0] if single else out
+
+    def lexical_ranker(self):
+        """The :class:`~kgrec.search.bm25.BM25Ranker` over the product titles (built on first use,
+        rebuilt after :meth:`add_products`)."""
+        if self._bm25 is None:
+            from kgrec.search.bm25 import BM25Ranker
+
+            self._bm25 = BM25Ranker(self.titles)
+        return self._bm25
+
+    # ------------------------------------------------------------------ explain
+
+    def _buyer_index(self) -> dict[int, dict[int, str]]:
+        if self._buyers is None:
+            users = np.repeat(np.arange(len(self.user_ids)), np.diff(self._indptr))
+            buyers: dict[int, dict[int, str]] = {}
+            for u, p, r in zip(users.tolist(), self._hist_products.tolist(), self._hist_rels.tolist()):
+                buyers.setdefault(p, {})[u] = r
+            self._buyers = buyers
+        return self._buyers
+
+    def explain(
+        self, user_id: str, product_id: str, max_paths: int = 5, session: Sequence[str] | None = None
+    ) -> Explanation:
+        """The best knowledge-graph paths from the user's history to ``product_id``
+        (see :mod:`kgrec.serving.explain`). An unknown user needs ``session``."""
+        user_id = str(user_id)
+        target = self._product_index(product_id)
+        u = self._uid.get(user_id, -1)
+        if u < 0 and not session:
+            raise ValueError(f"unknown user id {user_id!r} (pass session=[product ids] for a new user)")
+        vectors, pop, sources, _ = self._users([user_id], session)
+        history = []
+        if u >= 0:
+            lo, hi = self._indptr[u], self._indptr[u + 1]
+            history = list(zip(self._hist_products[lo:hi].tolist(), self._hist_rels[lo:hi].tolist()))
+        history += [(self._product_index(p, "session product"), SESSION) for p in (session or [])]
+        model_score = float(self.popularity[target]) if bool(pop[0]) else float(vectors[0] @ self.state["products"][target])
+        paths = find_paths(
+            user_id=user_id, user_index=u, history=history, target=target,
+            product_ids=self.product_ids, titles=self.titles, brand=self.brand, category=self.category,
+            buyers=self._buyer_index(), user_ids=self.user_ids,
+            product_vectors=self.state["products"] if not isinstance(self.model, Popularity) else torch.ones(self.num_products, 1),
+            user_vector=None if bool(pop[0]) else vectors[0],
+            max_paths=max_paths,
+        )
+        return Explanation(user_id, str(product_id), sources[0], model_score, paths)
+
+    # ------------------------------------------------------------------ cold-start products
+
+    def add_products(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Add products the model never saw, scorable at once (no retraining).
+
+        ``frame`` has ``product_id``, ``title`` and optionally ``brand`` and
+        ``category_path`` (a list of levels or a ``" > "``-joined id). Returns, per new
+        product, the neighbours its graph vector was averaged from (``category``,
+        ``category_products``, ``brand_products``). The additions live in this Scorer
+        only (the artifact on disk is unchanged).
+        """
+        if "product_id" not in frame.columns or "title" not in frame.columns:
+            raise ValueError("add_products needs columns product_id and title")
+        ids = frame["product_id"].astype(str).tolist()
+        for pid in ids:
+            if not pid.strip():
+                raise ValueError("add_products: empty product_id")
+            if pid in self._pid:
+                raise ValueError(f"product id {pid!r} already exists")
+        if len(set(ids)) != len(ids):
+            dup = next(p for p in ids if ids.count(p) > 1)
+            raise ValueError(f"product id {dup!r} appears twice")
+        titles = frame["title"].fillna("").astype(str).tolist()
+        brands = frame["brand"].fillna("").astype(str).tolist() if "brand" in frame.columns else [""] * len(ids)
+        paths = []
+        for value in frame["category_path"] if "category_path" in frame.columns else [[]] * len(ids):
+            if isinstance(value, str):
+                value = [v for v in value.split(CATEGORY_SEPARATOR) if v]
+            paths.append(CATEGORY_SEPARATOR.join(value if value is not None else []))
+        texts = [f"{t}. {c.replace(CATEGORY_SEPARATOR, ' ')}. {b}." for t, c, b in zip(titles, paths, brands)]
+
+        existing = self.num_products
+        weights = torch.zeros(len(ids), existing)
+        report = []
+        for row, (cat, brand) in enumerate(zip(paths, brands)):
+            used = next((c for c in category_ancestors(cat) if c in self._by_category), "")
+            members = [self._by_category[used]] if used else []
+            if brand in self._by_brand:
+                members.append(self._by_brand[brand])
+            if not members:  # nothing shared: the catalogue mean
+                members = [list(range(existing))]
+            for group in members:
+                weights[row, group] += 1.0 / (len(group) * len(members))
+            report.append({"product_id": ids[row], "category": used,
+                           "category_products": len(self._by_category.get(used, [])) if used else 0,
+                           "brand_products": len(self._by_brand.get(brand, []))})
+        text = self.text_encoder().encode(texts) if self._reads_text() else None
+        self.state = self.model.serving_add_products(self.state, text, weights.to(self.device))
+        self.product_ids += ids
+        self._pid.update({p: existing + i for i, p in enumerate(ids)})
+        self.titles += titles
+        self.brand = np.concatenate([self.brand, np.asarray(brands, dtype=object)])
+        self.category = np.concatenate([self.category, np.asarray(paths, dtype=object)])
+        self._index_attributes(existing)
+        self.popularity = torch.cat([self.popularity, torch.zeros(len(ids))])
+        self._unit = None
+        self._bm25 = None
+        return pd.DataFrame(report)

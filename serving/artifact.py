@@ -1,0 +1,579 @@
+"""Model artifacts: a trained recommender as a folder that scores with no raw data and no store.
+
+Layout (format version 1)::
+
+    ARTIFACT/
+      config.json          model class + typed config + constructor sizes, kgrec version,
+                           format version, data fingerprint, text encoder (path, fingerprint,
+                           options), creation time, sha256 of every other file, and a
+                           checksum of config.json itself
+      model.safetensors    the model's state_dict (weights and buffers)
+      serving.safetensors  the serving state (Recommender.serving_state) computed on the
+                           message-passing graph "test" (train + valid interactions):
+                           the product vectors and whatever the user tower reads
+      ids/<node type>.parquet   external ids in index order (column "id"): product, user,
+                           category, brand, and any other node type of the snapshot
+      products.parquet     per product: product_id, title, text, brand, category
+      categories.parquet   category_id, parent ("" for a root)
+      structure.parquet    catalogue edges by index: src_type, rel, dst_type, src, dst
+      interactions.parquet the visible interactions (train + valid): user, product, order,
+                           rel, split (each user's history, most recent last)
+      metrics.json         optional: whatever the trainer reported
+      text_tower/          only for a fine-tuned text encoder: tuning.json (mode, peft settings,
+                           base-model fingerprint) + tuned.safetensors (only the tuned weights)
+
+No pickle: tensors go through ``safetensors``, tables through Parquet, the rest is JSON.
+:func:`load_artifact` checks the format version, the config checksum, every file's
+sha256 and every tensor's shape, and raises :class:`ArtifactError` naming the file.
+The interactions and the structure rebuild the message-passing graph exactly, so the
+loaded model also runs through the ordinary :class:`~kgrec.fusion.models.Recommender`
+contract (``score_all``); serving (:class:`kgrec.serving.api.Scorer`) reads the precomputed
+serving state and never runs the graph encoder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kgrec.fusion.models import (
+    FusedConfig,
+    FusedRecommender,
+    LightGCNRecommender,
+    MatrixFactorization,
+    Popularity,
+    Recommender,
+    TextZeroShot,
+)
+from kgrec.kg.export import GraphSnapshot
+from kgrec.kg.schema import CATEGORY_SEPARATOR, check_identifier
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+SERVING = "serving.safetensors"
+TEXT_TOWER = "text_tower"  # folder of a fine-tuned text encoder: tuning.json + tuned.safetensors
+PRODUCTS = "products.parquet"
+CATEGORIES = "categories.parquet"
+STRUCTURE = "structure.parquet"
+INTERACTIONS = "interactions.parquet"
+METRICS = "metrics.json"
+#: Node types every artifact holds; a snapshot with more (e.g. ``entity``) saves those too.
+ID_TYPES = ("product", "user", "category", "brand")
+#: The split whose message-passing graph the serving state is computed on.
+SERVING_SPLIT = "test"
+
+
+class ArtifactError(ValueError):
+    """An artifact folder that is missing, corrupt or does not fit this kgrec."""
+
+    def __init__(self, file: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = str(file), reason
+
+
+def kgrec_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kgrec")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "0+unknown"
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+def _init_args(model: Recommender) -> dict[str, Any]:
+    """Constructor sizes that are not in ``config_dict`` (saved under ``model.init``)."""
+    init: dict[str, Any] = {"num_users": model.num_users, "num_products": model.num_products}
+    if isinstance(model, FusedRecommender):
+        if model.config.use_text:
+            init["text_dim"] = int(model.text.shape[1])
+        if model.config.use_graph:
+            enc = model.graph
+            init["num_nodes"] = dict(enc.num_nodes)
+            init["edge_types"] = [list(e) for e in enc.edge_types]
+        if hasattr(model, "query_proj"):
+            init["query_dim"] = int(model.query_proj.in_features)
+        if model.feature_types:
+            init["node_feature_dims"] = {t: int(getattr(model, f"features_{t}").shape[1]) for t in model.feature_types}
+    elif isinstance(model, TextZeroShot):
+        init["text_dim"] = int(model.text.shape[1])
+    return init
+
+
+MODEL_CLASSES = {
+    cls.__name__: cls for cls in (FusedRecommender, MatrixFactorization, LightGCNRecommender, TextZeroShot, Popularity)
+}
+
+
+def build_from_config(
+    class_name: str,
+    config: dict[str, Any],
+    init: dict[str, Any],
+    text_features: torch.Tensor | None = None,
+) -> Recommender:
+    """Rebuild an (untrained) model from the ``model`` section of ``config.json``.
+
+    ``init`` holds the sizes; ``text_features`` (``[P, d_text]``) replaces the zeros the
+    text buffer starts from (weights are loaded over it anyway).
+    """
+    users, products = int(init["num_users"]), int(init["num_products"])
+
+    def text() -> torch.Tensor:
+        if text_features is not None:
+            return text_features
+        return torch.zeros(products, int(init["text_dim"]))
+
+    if class_name == "FusedRecommender":
+        cfg = FusedConfig(**config)
+        num_nodes = {k: int(v) for k, v in init["num_nodes"].items()} if cfg.use_graph else None
+        features = {t: torch.zeros(num_nodes[t], int(d)) for t, d in init.get("node_feature_dims", {}).items()}
+        return FusedRecommender(
+            users, products, cfg,
+            text_features=text() if cfg.use_text else None,
+            num_nodes=num_nodes,
+            edge_types=[tuple(e) for e in init["edge_types"]] if cfg.use_graph else None,
+            query_dim=init.get("query_dim"),
+            node_features=features or None,
+        )
+    if class_name == "MatrixFactorization":
+        return MatrixFactorization(users, products, **config)
+    if class_name == "LightGCNRecommender":
+        return LightGCNRecommender(users, products, **config)
+    if class_name == "TextZeroShot":
+        return TextZeroShot(users, text(), **config)
+    if class_name == "Popularity":
+        return Popularity(users, products)
+    raise ValueError(f"unknown model class {class_name!r}; known: {sorted(MODEL_CLASSES)}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(payload: dict) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _config_checksum(payload: dict) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in payload.items() if k != "checksum"})).hexdigest()
+
+
+def _text_encoder_info(text_encoder: Any) -> dict[str, Any] | None:
+    """``{"path", "fingerprint", "dim", "config"}`` of a TextEncoder (or a ready dict)."""
+    if text_encoder is None:
+        return None
+    if isinstance(text_encoder, dict):
+        missing = {"path", "fingerprint"} - set(text_encoder)
+        if missing:
+            raise ValueError(f"text_encoder dict lacks {sorted(missing)}")
+        return dict(text_encoder)
+    config = asdict(text_encoder.config)
+    config["model_path"] = str(text_encoder.model_path)
+    return {
+        "path": str(text_encoder.model_path),
+        "fingerprint": text_encoder.fingerprint,
+        "dim": text_encoder.dim,
+        "config": config,
+    }
+
+
+def _product_table(snapshot: GraphSnapshot, titles: pd.DataFrame | None) -> pd.DataFrame:
+    ids = snapshot.id_maps["product"]
+    n = len(ids)
+    brand = [""] * n
+    category = [""] * n
+    for (src_t, rel, dst_t), index in snapshot.structure.items():
+        if src_t != "product":
+            continue
+        names = snapshot.id_maps[dst_t]
+        target = brand if dst_t == "brand" else category if dst_t == "category" else None
+        if target is None:
+            continue
+        for s, d in index.T.tolist():  # first edge wins (a product has one brand / one leaf category)
+            if not target[s]:
+                target[s] = names[d]
+    frame = pd.DataFrame({"product_id": ids, "text": snapshot.product_text, "brand": brand, "category": category})
+    frame["title"] = [t.split(". ")[0] for t in snapshot.product_text]
+    if titles is not None and "title" in titles.columns:
+        lookup = dict(zip(titles["product_id"].astype(str), titles["title"].fillna("").astype(str)))
+        frame["title"] = [lookup.get(p, t) for p, t in zip(frame["product_id"], frame["title"])]
+    return frame[["product_id", "title", "text", "brand", "category"]]
+
+
+def _category_table(snapshot: GraphSnapshot) -> pd.DataFrame:
+    ids = snapshot.id_maps["category"]
+    parent = [""] * len(ids)
+    sub = snapshot.structure.get(("category", "subcategory_of", "category"))
+    if sub is not None:
+        for s, d in sub.T.tolist():
+            parent[s] = ids[d]
+    return pd.DataFrame({"category_id": ids, "parent": parent})
+
+
+def _structure_table(snapshot: GraphSnapshot) -> pd.DataFrame:
+    parts = [
+        pd.DataFrame({"src_type": s, "rel": r, "dst_type": d, "src": idx[0].numpy(), "dst": idx[1].numpy()})
+        for (s, r, d), idx in snapshot.structure.items()
+    ]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("src", "dst") else "string")
+                             for c in ("src_type", "rel", "dst_type", "src", "dst")})
+    return pd.concat(parts, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_artifact(
+    model: Recommender,
+    snapshot: GraphSnapshot,
+    path: str | os.PathLike[str],
+    *,
+    text_encoder: Any = None,
+    max_history: int = 50,
+    products: pd.DataFrame | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (trained on ``snapshot``) as an artifact folder at ``path``.
+
+    The model's graph is set to ``snapshot.message_passing("test")`` and the serving
+    state is computed there (the graph seen before the test targets: train + valid).
+
+    Args:
+        text_encoder: the :class:`~kgrec.encoders.text.TextEncoder` that made the text
+            features (needed later by search and ``add_products``), or None.
+        max_history: history length the model was trained / evaluated with.
+        products: optional store ``Product`` frame, for titles.
+        metrics: written to ``metrics.json``. extra: stored under ``extra`` in config.json.
+        overwrite: replace an existing folder (otherwise FileExistsError).
+
+    The folder is written to a temporary sibling and renamed into place.
+    """
+    from safetensors.torch import save_file
+
+    if model.num_users != snapshot.num_users or model.num_products != snapshot.num_products:
+        raise ValueError(
+            f"model has {model.num_users} users / {model.num_products} products, "
+            f"snapshot {snapshot.num_users} / {snapshot.num_products}"
+        )
+    if type(model).__name__ not in MODEL_CLASSES:
+        raise ValueError(f"cannot save a {type(model).__name__}; known: {sorted(MODEL_CLASSES)}")
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True)")
+
+    model.eval()
+    model.set_graph(snapshot.message_passing(SERVING_SPLIT))
+    state = model.serving_state()
+    # a fine-tuned text tower is saved on its own (only its tuned weights, :mod:`kgrec.encoders.tuning`)
+    tower = getattr(model, "text_tower", None)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+               if not k.startswith("text_tower.")}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(weights, str(tmp / WEIGHTS))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / SERVING))
+        if tower is not None and tower.mode != "frozen":
+            tower.save(tmp / TEXT_TOWER)
+        (tmp / "ids").mkdir()
+        node_types = sorted(set(ID_TYPES) | set(snapshot.id_maps))
+        for t in node_types:
+            check_identifier(t, "node type")
+            pd.DataFrame({"id": pd.Series(snapshot.id_maps.get(t, []), dtype="string")}).to_parquet(
+                tmp / "ids" / f"{t}.parquet", index=False
+            )
+        _product_table(snapshot, products).to_parquet(tmp / PRODUCTS, index=False)
+        _category_table(snapshot).to_parquet(tmp / CATEGORIES, index=False)
+        _structure_table(snapshot).to_parquet(tmp / STRUCTURE, index=False)
+        visible = snapshot.visible(SERVING_SPLIT)[["user", "product", "order", "rel", "split"]].reset_index(drop=True)
+        visible.to_parquet(tmp / INTERACTIONS, index=False)
+        if metrics is not None:
+            (tmp / METRICS).write_text(json.dumps(metrics, indent=2, default=float))
+
+        files = sorted(
+            str(p.relative_to(tmp)).replace(os.sep, "/") for p in tmp.rglob("*") if p.is_file()
+        )
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "kgrec_version": kgrec_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": {
+                "class": type(model).__name__,
+                "name": model.name,
+                "config": model.config_dict(),
+                "init": _init_args(model),
+            },
+            "max_history": int(max_history),
+            "data": {
+                "fingerprint": snapshot.fingerprint(),
+                "num_nodes": snapshot.num_nodes,
+                "node_types": node_types,
+                "serving_split": SERVING_SPLIT,
+                "visible_interactions": int(len(visible)),
+            },
+            "text_encoder": _text_encoder_info(text_encoder),
+            "text_tuning": tower.config.to_dict() if tower is not None else {"mode": "frozen"},
+            "serving_keys": {k: list(v.shape) for k, v in state.items()},
+            "files": {f: _sha256(tmp / f) for f in files},
+            "extra": extra or {},
+        }
+        payload["checksum"] = _config_checksum(payload)
+        (tmp / CONFIG).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp made it private
+        for p in tmp.rglob("*"):
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: the model (weights in, graph set), its serving state and tables.
+
+    Attributes:
+        path: the folder. config: the parsed ``config.json``.
+        model: the rebuilt :class:`~kgrec.fusion.models.Recommender` in eval mode, its graph set
+            to the saved message-passing graph (so ``score_all`` works as in training).
+        state: the serving state (``state["products"]`` is ``[P, d]``).
+        id_maps: node type -> external ids in index order.
+        products: per product ``product_id, title, text, brand, category``.
+        categories: ``category_id, parent``.
+        interactions: the visible interactions (``user, product, order, rel, split``).
+        structure: catalogue edges by index (``src_type, rel, dst_type, src, dst``).
+        metrics: ``metrics.json`` or None.
+    """
+
+    path: Path
+    config: dict
+    model: Recommender
+    state: dict[str, torch.Tensor]
+    id_maps: dict[str, list[str]]
+    products: pd.DataFrame
+    categories: pd.DataFrame
+    interactions: pd.DataFrame
+    structure: pd.DataFrame
+    metrics: dict | None = None
+    _snapshot: GraphSnapshot | None = field(default=None, repr=False)
+
+    @property
+    def max_history(self) -> int:
+        return int(self.config["max_history"])
+
+    @property
+    def text_encoder_info(self) -> dict | None:
+        return self.config.get("text_encoder")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config["data"]["fingerprint"]
+
+    def snapshot(self) -> GraphSnapshot:
+        """A :class:`GraphSnapshot` of what the artifact holds: the structure and the
+        visible interactions (no test rows), so ``message_passing("test")`` is the graph
+        the serving state was computed on."""
+        if self._snapshot is None:
+            structure = {
+                (s, r, d): torch.as_tensor(np.stack([g["src"].to_numpy(np.int64), g["dst"].to_numpy(np.int64)]))
+                for (s, r, d), g in self.structure.groupby(["src_type", "rel", "dst_type"], sort=False)
+            }
+            self._snapshot = GraphSnapshot(
+                id_maps=self.id_maps,
+                product_text=self.products["text"].tolist(),
+                structure=structure,
+                interactions=self.interactions.copy(),
+            )
+        return self._snapshot
+
+
+def _read_config(path: Path) -> dict:
+    file = path / CONFIG
+    if not path.is_dir():
+        raise ArtifactError(path, "artifact folder not found")
+    if not file.is_file():
+        raise ArtifactError(file, "missing (not an artifact folder?)")
+    try:
+        payload = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(file, f"not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise ArtifactError(file, "expected a JSON object")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(file, f"artifact format version {version!r} is not supported (this kgrec reads {FORMAT_VERSION})")
+    if payload.get("checksum") != _config_checksum(payload):
+        raise ArtifactError(file, "checksum mismatch: the file was edited or is corrupt")
+    for key in ("model", "max_history", "data", "files", "serving_keys"):
+        if key not in payload:
+            raise ArtifactError(file, f"missing key {key!r}")
+    model = payload["model"]
+    if not isinstance(model, dict) or model.get("class") not in MODEL_CLASSES:
+        raise ArtifactError(file, f"unknown model class {model.get('class') if isinstance(model, dict) else model!r}")
+    return payload
+
+
+def _verify_files(path: Path, payload: dict) -> None:
+    for name, digest in payload["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(file, "missing")
+        if _sha256(file) != digest:
+            raise ArtifactError(file, "sha256 does not match config.json (corrupt or replaced)")
+    node_types = payload.get("data", {}).get("node_types", ID_TYPES)
+    for required in (WEIGHTS, SERVING, PRODUCTS, CATEGORIES, STRUCTURE, INTERACTIONS, *(f"ids/{t}.parquet" for t in node_types)):
+        if required not in payload["files"]:
+            raise ArtifactError(path / required, "not listed in config.json")
+
+
+def _read_parquet(file: Path, columns: list[str]) -> pd.DataFrame:
+    if not file.is_file():
+        raise ArtifactError(file, "missing")
+    try:
+        frame = pd.read_parquet(file)
+    except Exception as exc:  # noqa: BLE001 - named with the file
+        raise ArtifactError(file, f"unreadable Parquet ({exc})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ArtifactError(file, f"missing columns {missing}")
+    return frame
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise ArtifactError(file, "missing")
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - named with the file
+        raise ArtifactError(file, f"unreadable safetensors ({exc})") from None
+
+
+def load_artifact(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    expect_fingerprint: str | None = None,
+) -> Artifact:
+    """Load an artifact folder written by :func:`save_artifact`.
+
+    Args:
+        device: where the model and the serving state go.
+        verify: check each file's sha256 against ``config.json`` (a few ms per MB).
+        expect_fingerprint: raise if the artifact was trained on other data.
+
+    Raises:
+        ArtifactError: naming the file that is missing, corrupt or does not fit.
+    """
+    path = Path(path)
+    payload = _read_config(path)
+    if verify:
+        _verify_files(path, payload)
+    if expect_fingerprint is not None and payload["data"]["fingerprint"] != expect_fingerprint:
+        raise ArtifactError(
+            path / CONFIG,
+            f"trained on data {payload['data']['fingerprint']}, expected {expect_fingerprint}",
+        )
+
+    id_maps = {}
+    node_types = payload["data"].get("node_types", list(ID_TYPES))
+    if not isinstance(node_types, list) or not set(ID_TYPES) <= set(node_types):
+        raise ArtifactError(path / CONFIG, f"data.node_types must list {list(ID_TYPES)}, got {node_types!r}")
+    for t in node_types:
+        check_identifier(str(t), "node type")
+        frame = _read_parquet(path / "ids" / f"{t}.parquet", ["id"])
+        id_maps[t] = frame["id"].astype(str).tolist()
+    init = payload["model"].get("init", {})
+    for t, key in (("user", "num_users"), ("product", "num_products")):
+        if init.get(key) != len(id_maps[t]):
+            raise ArtifactError(path / "ids" / f"{t}.parquet", f"{len(id_maps[t])} ids, config.json says {init.get(key)}")
+    products = _read_parquet(path / PRODUCTS, ["product_id", "title", "text", "brand", "category"])
+    if products["product_id"].astype(str).tolist() != id_maps["product"]:
+        raise ArtifactError(path / PRODUCTS, "product ids differ from ids/product.parquet")
+    categories = _read_parquet(path / CATEGORIES, ["category_id", "parent"])
+    structure = _read_parquet(path / STRUCTURE, ["src_type", "rel", "dst_type", "src", "dst"])
+    interactions = _read_parquet(path / INTERACTIONS, ["user", "product", "order", "rel", "split"])
+    for column, t in (("user", "user"), ("product", "product")):
+        values = interactions[column]
+        if len(values) and (values.min() < 0 or values.max() >= len(id_maps[t])):
+            raise ArtifactError(path / INTERACTIONS, f"{column} index out of range")
+
+    model_cfg = payload["model"]
+    try:
+        model = build_from_config(model_cfg["class"], model_cfg.get("config", {}), init)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ArtifactError(path / CONFIG, f"cannot rebuild {model_cfg['class']}: {exc}") from None
+    model.name = model_cfg.get("name", model.name)
+    weights = _read_tensors(path / WEIGHTS)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(path / WEIGHTS, f"tensors do not fit {model_cfg['class']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, tensor in expected.items():
+        if tuple(weights[key].shape) != tuple(tensor.shape):
+            raise ArtifactError(path / WEIGHTS, f"tensor {key!r} has shape {tuple(weights[key].shape)}, the model expects {tuple(tensor.shape)}")
+    model.load_state_dict(weights)
+
+    state = _read_tensors(path / SERVING)
+    shapes = payload["serving_keys"]
+    if sorted(state) != sorted(shapes) or "products" not in state:
+        raise ArtifactError(path / SERVING, f"holds {sorted(state)}, config.json lists {sorted(shapes)}")
+    for key, tensor in state.items():
+        if list(tensor.shape) != list(shapes[key]):
+            raise ArtifactError(path / SERVING, f"tensor {key!r} has shape {list(tensor.shape)}, config.json says {shapes[key]}")
+        if key.startswith(Recommender.SERVING_PRODUCT_PREFIX) and tensor.shape[0] != len(id_maps["product"]):
+            raise ArtifactError(path / SERVING, f"tensor {key!r} has {tensor.shape[0]} rows for {len(id_maps['product'])} products")
+
+    metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).is_file() else None
+    art = Artifact(
+        path=path, config=payload, model=model, state={k: v.to(device) for k, v in state.items()},
+        id_maps=id_maps, products=products, categories=categories, interactions=interactions,
+        structure=structure, metrics=metrics,
+    )
+    model.to(device)
+    model.eval()
+    model.set_graph(art.snapshot().message_passing(SERVING_SPLIT))
+    return art
+
+
+def category_ancestors(category_id: str) -> list[str]:
+    """``"A > B > C"`` -> ``["A > B > C", "A > B", "A"]`` (ids of the category and its ancestors)."""
+    if not category_id:
+        return []
+    levels = category_id.split(CATEGORY_SEPARATOR)
+    return [CATEGORY_SEPARATOR.join(levels[:i]) for i in range(len(levels), 0, -1)]
