@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_speed.json")
     args = ap.parse_args(argv)
 
+    from kgrec.evaluation.recommendation import evaluate, evaluate_detailed, evaluation_inputs, exclusion_mask, rank_top_k, rank_top_k_pairs
     from kgrec.fusion.data import evaluation_examples
-    from kgrec.evaluation.recommendation import (evaluate, evaluate_detailed, evaluation_inputs, exclusion_mask, rank_top_k,
-                                 rank_top_k_pairs)
     from kgrec.fusion.models import MatrixFactorization
     from kgrec.fusion.train import resolve_device
     from kgrec.ingest.load import load_tables

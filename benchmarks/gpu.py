@@ -23,7 +23,6 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch

@@ -73,7 +73,7 @@ def connect(config: Neo4jConfig, options: dict, server, attempts: int = 5):
         try:
             driver.verify_connectivity()
             return driver
-        except Exception as exc:  # noqa: BLE001 - retried, then reported
+        except Exception as exc:
             last = exc
             driver.close()
             time.sleep(0.5)
@@ -93,7 +93,7 @@ def main() -> None:
     # FalkorDB's Bolt layer fails on some characters (apostrophes among them): the throwaway
     # server gets plain-ASCII text; a real Neo4j gets the data as it is
     if args.uri is None:
-        plain = lambda v: re.sub(r"[^A-Za-z0-9 .,&-]", "", v)  # noqa: E731
+        plain = lambda v: re.sub(r"[^A-Za-z0-9 .,&-]", "", v)
         tables.products["title"] = tables.products["title"].map(plain)
         tables.products["brand"] = tables.products["brand"].map(plain)
         tables.products["category_path"] = tables.products["category_path"].map(lambda levels: [plain(x) for x in levels])

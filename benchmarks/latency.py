@@ -67,15 +67,15 @@ def train_quick(data: Path, work: Path, epochs: int, device: str) -> Path:
     from dataclasses import asdict
 
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.serving.artifact import save_artifact
     from kgrec.evaluation.recommendation import evaluate
-    from kgrec.workflow.rec_benchmark import build_model
     from kgrec.fusion.models import FusedConfig
     from kgrec.fusion.train import TrainConfig, fit
     from kgrec.ingest.load import load_tables
     from kgrec.ingest.tables import read_tables
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
+    from kgrec.serving.artifact import save_artifact
+    from kgrec.workflow.rec_benchmark import build_model
 
     artifact = work / "artifact"
     if (artifact / "config.json").is_file():
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{api['p50_ms'] / bare['p50_ms']:.1f}x" if bare else "-",
         )
     Console(width=None if sys.stdout.isatty() else 120).print(table)
-    print(f"times in ms; bare = torch.topk(U @ I.T) on precomputed vectors (recommend+filter: the unfiltered bare row)")
+    print("times in ms; bare = torch.topk(U @ I.T) on precomputed vectors (recommend+filter: the unfiltered bare row)")
     print(f"artifact {artifact} loaded in {load_seconds:.2f} s; results: {args.out}")
     return payload
 

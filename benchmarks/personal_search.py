@@ -24,7 +24,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.workflow.rec_benchmark import BenchmarkConfig
-    from kgrec.search.examples import category_query, unique_texts
-    from kgrec.workflow.search_benchmark import personal_results_markdown, run_personalized_search
     from kgrec.ingest.load import load_tables
     from kgrec.ingest.tables import read_tables
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
+    from kgrec.search.examples import category_query, unique_texts
+    from kgrec.workflow.rec_benchmark import BenchmarkConfig
+    from kgrec.workflow.search_benchmark import personal_results_markdown, run_personalized_search
 
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-personal-"))

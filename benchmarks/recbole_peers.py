@@ -209,12 +209,12 @@ def worker(model_name: str, work: Path, epochs: int, stopping_step: int, threads
     work = Path(work).resolve()
     os.chdir(work)  # RecBole writes log/ and log_tensorboard/ into the working directory
     sys.path.insert(0, str(ROOT))
-    from kgrec.evaluation.metrics import auc_from_rank, metrics_from_position, target_rank  # only needs torch
-
     import recbole
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
+
+    from kgrec.evaluation.metrics import auc_from_rank, metrics_from_position, target_rank  # only needs torch
 
     sys.argv = sys.argv[:1]  # RecBole's Config reads `--key=value` from the command line
 

@@ -228,8 +228,8 @@ def _text_features(args, num_products: int):
 
 
 def _build_fused(snapshot, text):
-    from kgrec.workflow.rec_benchmark import build_model
     from kgrec.fusion.models import FusedConfig
+    from kgrec.workflow.rec_benchmark import build_model
 
     return build_model("fused", snapshot, text, FusedConfig())
 
@@ -308,8 +308,8 @@ def stage_evaluate(args, rec: Recorder) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from kgrec.evaluation.recommendation import evaluation_inputs, rank_top_k_pairs
     from kgrec.evaluation.metrics import hit_matrix, mean_metrics, per_user_metrics
+    from kgrec.evaluation.recommendation import evaluation_inputs, rank_top_k_pairs
     from kgrec.serving.retrieval import CSR, ProductIndex, recall_at_k
 
     snapshot = load_snapshot(args.dir / "snapshot")

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
     from kgrec.fusion.models import FusedConfig
-    from kgrec.workflow.search_benchmark import SearchBenchmarkConfig, homedepot_data, run_search_benchmark, search_results_markdown
     from kgrec.fusion.train import TrainConfig, resolve_device
+    from kgrec.workflow.search_benchmark import SearchBenchmarkConfig, homedepot_data, run_search_benchmark, search_results_markdown
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-search-"))
     start = time.perf_counter()

@@ -75,7 +75,7 @@ class CSRGraph:
             self.rowptr[edge_type], self.col[edge_type], self.perm[edge_type] = rowptr, src[perm], perm
 
     @classmethod
-    def from_hetero(cls, graph: HeteroData) -> "CSRGraph":
+    def from_hetero(cls, graph: HeteroData) -> CSRGraph:
         """The CSR of ``graph.edge_index_dict`` with ``graph[t].num_nodes`` per node type."""
         return cls(graph.edge_index_dict, {t: graph[t].num_nodes for t in graph.node_types})
 
@@ -115,7 +115,7 @@ class SampledSubgraph:
     edge_index_dict: dict[EdgeType, torch.Tensor]
     num_seeds: dict[str, int]
 
-    def to(self, device: torch.device | str) -> "SampledSubgraph":
+    def to(self, device: torch.device | str) -> SampledSubgraph:
         return SampledSubgraph(
             {t: v.to(device) for t, v in self.n_id.items()},
             {e: v.to(device) for e, v in self.edge_index_dict.items()},

@@ -223,11 +223,11 @@ class TextEncoder(torch.nn.Module):
         self.model_path = path
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the path
+        except Exception as exc:
             raise ValueError(f"could not load a tokenizer from {path}: {exc}") from exc
         try:
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the path
+        except Exception as exc:
             raise ValueError(f"could not load a model from {path}: {exc}") from exc
         if getattr(self.model.config, "hidden_size", None) is None:
             raise ValueError(f"model at {path} has no hidden_size in its config; not a BERT-family encoder")

@@ -252,9 +252,9 @@ def evaluate_sampled(
         :class:`kgrec.evaluation.recommendation.EvalResult` whose ``topk`` is ``[N, 1 + num_negatives]``,
         the candidates (target first) sorted by score.
     """
-    from kgrec.fusion.data import evaluation_examples
-    from kgrec.evaluation.recommendation import EvalResult, exclusion_mask
     from kgrec.evaluation.metrics import mean_metrics, metrics_from_position
+    from kgrec.evaluation.recommendation import EvalResult, exclusion_mask
+    from kgrec.fusion.data import evaluation_examples
 
     model.set_graph(snapshot.message_passing(split))
     model.eval()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kgrec.fusion.data import RecBatch
 from kgrec.evaluation.metrics import hit_matrix, mean_metrics, per_user_metrics
+from kgrec.fusion.data import RecBatch
 from kgrec.fusion.models import Recommender
 from kgrec.kg.export import GraphSnapshot
 

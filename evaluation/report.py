@@ -71,9 +71,9 @@ def run_report_benchmark(
     coverage and popularity bias). ``sampled_negatives > 0`` adds the sampled protocol
     (:func:`kgrec.evaluation.protocols.evaluate_sampled`), reported apart.
     """
+    from kgrec.evaluation.protocols import evaluate_sampled, leakage_counts, split_summary
     from kgrec.evaluation.recommendation import evaluate_detailed
     from kgrec.workflow.rec_benchmark import run_benchmark
-    from kgrec.evaluation.protocols import evaluate_sampled, leakage_counts, split_summary
 
     histories, evals, sampled = {}, {}, {}
     depth = min(CURVE_DEPTH, snapshot.num_products)

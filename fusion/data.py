@@ -31,10 +31,10 @@ class RecBatch:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
-    def to(self, device: torch.device | str) -> "RecBatch":
+    def to(self, device: torch.device | str) -> RecBatch:
         return RecBatch(self.users.to(device), self.history.to(device), self.targets.to(device))
 
-    def __getitem__(self, index: torch.Tensor | slice) -> "RecBatch":
+    def __getitem__(self, index: torch.Tensor | slice) -> RecBatch:
         return RecBatch(self.users[index], self.history[index], self.targets[index])
 
 
@@ -64,13 +64,13 @@ class SearchBatch:
     def __len__(self) -> int:
         return int(self.queries.shape[0])
 
-    def to(self, device: torch.device | str) -> "SearchBatch":
+    def to(self, device: torch.device | str) -> SearchBatch:
         return SearchBatch(
             self.queries.to(device), self.products.to(device), self.grades.to(device), self.users.to(device),
             self.history.to(device), self.query_nodes.to(device), self.texts,
         )
 
-    def __getitem__(self, index: torch.Tensor | slice) -> "SearchBatch":
+    def __getitem__(self, index: torch.Tensor | slice) -> SearchBatch:
         texts = None
         if self.texts is not None:
             rows = range(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index).tolist()

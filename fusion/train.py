@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kgrec.fusion.data import training_examples
 from kgrec.evaluation.recommendation import evaluate
+from kgrec.fusion.data import training_examples
 from kgrec.fusion.models import Recommender
 from kgrec.kg.export import GraphSnapshot
 
@@ -126,7 +126,7 @@ def fit(
     snapshot: GraphSnapshot,
     config: TrainConfig,
     progress: bool = True,
-    search: "SearchTask | None" = None,
+    search: SearchTask | None = None,
 ) -> TrainHistory:
     """Train ``model`` on the train split; keep the weights with the best validation NDCG@10.
 

@@ -56,7 +56,7 @@ class BuildContext:
         name = relation_type_name(raw)
         taken = set(self.relations.values())
         if name in taken:  # another raw name sanitised to the same type: keep them apart
-            from kgrec.kg.schema import _short_hash  # noqa: PLC0415 - private helper, same package family
+            from kgrec.kg.schema import _short_hash
 
             name = f"{name[:55].rstrip('_')}_{_short_hash(raw).upper()}"
         register_relation(name)

@@ -38,10 +38,8 @@ product) pair, ``relevance`` the mean of at least three raters' grades on 1 (irr
 """
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
-import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,7 @@ import pandas as pd
 
 from kgrec.ingest.readers import CsvDialect, CsvReader, SourceError, excerpt
 from kgrec.ingest.validate import MAX_ID_LENGTH, convert_float, convert_id
-from kgrec.kg.schema import normalise_queries, normalise_query
+from kgrec.kg.schema import normalise_queries
 
 #: Columns the source must have (``id`` is optional and not used).
 REQUIRED_COLUMNS = ("product_uid", "product_title", "search_term", "relevance")

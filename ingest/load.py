@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from kgrec.ingest.pipeline import IngestConfig, IngestReport, Ingestor
+from kgrec.ingest.pipeline import IngestConfig, Ingestor, IngestReport
 from kgrec.ingest.sources import tables_sources
 from kgrec.ingest.tables import CatalogTables
 from kgrec.kg.store import GraphStore

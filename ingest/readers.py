@@ -238,14 +238,14 @@ class CsvReader:
         return {"delimiter": d.sep, "quotechar": d.quote, "doublequote": True, "strict": True}
 
     # -- one block ---------------------------------------------------------------------
-    def _block(self, lines: list[bytes], pending: list[tuple[int, str]], state: "_CsvState", at_eof: bool) -> dict:
+    def _block(self, lines: list[bytes], pending: list[tuple[int, str]], state: _CsvState, at_eof: bool) -> dict:
         if not pending and lines:
             fast = self._fast(lines, state)
             if fast is not None:
                 return fast
         return self._slow(lines, pending, state, at_eof)
 
-    def _fast(self, lines: list[bytes], state: "_CsvState") -> dict | None:
+    def _fast(self, lines: list[bytes], state: _CsvState) -> dict | None:
         if not self._fast_ok:
             return None
         block = b"".join(lines)
@@ -284,7 +284,7 @@ class CsvReader:
         state.line += n
         return {"frame": frame, "rows": rows, "rejects": [], "lines": line_numbers, "pending": []}
 
-    def _slow(self, lines: list[bytes], pending: list[tuple[int, str]], state: "_CsvState", at_eof: bool) -> dict:
+    def _slow(self, lines: list[bytes], pending: list[tuple[int, str]], state: _CsvState, at_eof: bool) -> dict:
         """Exact parsing: decode each line, tokenise with :mod:`csv`, check the field count."""
         records: list[list[str]] = []
         rows: list[int] = []
@@ -316,7 +316,7 @@ class CsvReader:
 
     def _parse_run(
         self, run: list[tuple[int, str]], final: bool, records: list[list[str]], rows: list[int],
-        starts: list[int], rejects: list[Reject], state: "_CsvState",
+        starts: list[int], rejects: list[Reject], state: _CsvState,
     ) -> list[tuple[int, str]]:
         """Tokenise consecutive decoded lines; return the lines of an unfinished last record."""
         ncols = len(self.columns)
@@ -504,7 +504,7 @@ class ParquetReader:
             raise SourceError(f"{self.path}: file not found")
         try:
             pf = pq.ParquetFile(self.path)
-        except Exception as exc:  # noqa: BLE001 - any pyarrow failure means "not readable Parquet"
+        except Exception as exc:
             raise SourceError(f"{self.path}: not a readable Parquet file: {exc}") from None
         total = pf.metadata.num_rows
         done = 0
@@ -512,7 +512,7 @@ class ParquetReader:
             size = pf.metadata.row_group(group).num_rows
             try:
                 batches = list(pf.iter_batches(batch_size=self.chunk_rows, row_groups=[group]))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 rejects = [Reject(self.name, done + i + 1, None, "unreadable", f"row group {group}: {exc}")
                            for i in range(size)]
                 done += size

@@ -163,7 +163,7 @@ class SyntheticConfig:
                              f"non-negative probabilities, got {self.event_probs}")
 
     @classmethod
-    def preset(cls, size: str, **overrides) -> "SyntheticConfig":
+    def preset(cls, size: str, **overrides) -> SyntheticConfig:
         """The config of a :data:`SIZES` preset (``"10k"``, ``"100k"``, ``"1m"``), fields overridable."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; presets: {list(SIZES)}")

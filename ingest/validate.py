@@ -145,7 +145,7 @@ class Converted:
 
 
 def _is_str(s: pd.Series) -> bool:
-    if isinstance(s.dtype, pd.StringDtype) or s.dtype == str:  # noqa: E721 - pandas "str" dtype
+    if isinstance(s.dtype, pd.StringDtype) or s.dtype == str:
         return True
     if s.dtype == object:
         return pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")

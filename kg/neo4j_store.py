@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from kgrec.kg import cypher
-from kgrec.kg.cypher import RECOMMENDED, RECOMMENDATION_COLUMNS, Statement
+from kgrec.kg.cypher import RECOMMENDATION_COLUMNS, RECOMMENDED, Statement
 from kgrec.kg.schema import NODE_TYPES, REL_TYPES, check_identifier, node_type, rel_type
 from kgrec.kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
 
@@ -72,7 +72,7 @@ class Neo4jConfig:
         return None if self.user is None else (self.user, self.password or "")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Neo4jConfig":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Neo4jConfig:
         """Read the ``KGREC_NEO4J_*`` variables (see module docstring).
 
         Raises:
@@ -290,7 +290,7 @@ class Neo4jStore(GraphStore):
             try:
                 self._read(probe, k=1, vector=[1.0] * dim)
                 break
-            except Exception:  # noqa: BLE001 - the server reports only "unknown error"
+            except Exception:
                 if attempt == 49:
                     raise
                 time.sleep(0.1)

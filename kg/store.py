@@ -15,6 +15,7 @@ Neo4j store implement this contract and pass the same contract tests.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import pandas as pd
 
 from kgrec.kg.schema import check_identifier, node_type, rel_type
@@ -46,7 +47,7 @@ class GraphStore(ABC):
     def close(self) -> None:  # pragma: no cover - nothing to release by default
         """Release connections or file handles."""
 
-    def __enter__(self) -> "GraphStore":
+    def __enter__(self) -> GraphStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

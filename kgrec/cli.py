@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -55,20 +54,20 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Few epochs, for a first look in a few minutes."),
     data: Path = typer.Option(DEFAULT_DATA, help="Catalogue tables directory."),
     out: Path = typer.Option(Path("runs/demo"), help="Where the store, the results JSON and the table go."),
-    text_model: Optional[Path] = typer.Option(None, help="Local BERT-family model directory (default: packaged all-MiniLM-L6-v2)."),
+    text_model: Path | None = typer.Option(None, help="Local BERT-family model directory (default: packaged all-MiniLM-L6-v2)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    models: Optional[str] = typer.Option(None, help="Comma-separated subset of models to run."),
+    models: str | None = typer.Option(None, help="Comma-separated subset of models to run."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Ingest the demo data, train the fused model and the baselines, print the comparison."""
     from dataclasses import replace
 
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.workflow.rec_benchmark import BenchmarkConfig, MODEL_NAMES, results_markdown, run_benchmark, write_results
     from kgrec.ingest.load import load_tables
     from kgrec.ingest.tables import read_tables
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
+    from kgrec.workflow.rec_benchmark import MODEL_NAMES, BenchmarkConfig, results_markdown, run_benchmark, write_results
 
     start = time.perf_counter()
     console.rule("1/4 ingest")

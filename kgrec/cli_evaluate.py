@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -20,9 +19,9 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "amazon-scienti
 def evaluate(
     out: Path = typer.Option(Path("runs/report"), help="Folder for report.md, report.html, figures, results.json, per_user.parquet."),
     quick: bool = typer.Option(False, "--quick", help="Few epochs (as `kgrec demo --quick`), for a first look."),
-    models: Optional[str] = typer.Option(None, help="Comma-separated subset of models (default: all of `kgrec demo`)."),
+    models: str | None = typer.Option(None, help="Comma-separated subset of models (default: all of `kgrec demo`)."),
     data: Path = typer.Option(DEFAULT_DATA, help="Catalogue tables directory."),
-    text_model: Optional[Path] = typer.Option(None, help="Local BERT-family model directory (default: packaged all-MiniLM-L6-v2)."),
+    text_model: Path | None = typer.Option(None, help="Local BERT-family model directory (default: packaged all-MiniLM-L6-v2)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0, help="Training seed; also seeds the bootstrap and the sampled negatives."),
     protocol: str = typer.Option("leave-one-out", help="Split protocol: leave-one-out | temporal (needs a timestamp column in interactions.csv)."),
@@ -30,10 +29,10 @@ def evaluate(
     sampled: int = typer.Option(0, help="Also report the sampled protocol with this many negatives (e.g. 100); 0 = off."),
     reference: str = typer.Option("fused", help="Model every other model is tested against."),
     bootstrap: int = typer.Option(2000, help="Bootstrap resamples for intervals and paired tests."),
-    epochs: Optional[int] = typer.Option(None, help="Max epochs of the softmax models (text-only, graph-only, fused)."),
-    bpr_epochs: Optional[int] = typer.Option(None, help="Max epochs of the BPR baselines (mf-bpr, lightgcn)."),
-    from_run: Optional[Path] = typer.Option(None, "--from-run", help="Re-write the report from an earlier run folder (results.json + per_user.parquet); trains nothing."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Write a table-only report from a bare results JSON (e.g. runs/demo/results.json); trains nothing."),
+    epochs: int | None = typer.Option(None, help="Max epochs of the softmax models (text-only, graph-only, fused)."),
+    bpr_epochs: int | None = typer.Option(None, help="Max epochs of the BPR baselines (mf-bpr, lightgcn)."),
+    from_run: Path | None = typer.Option(None, "--from-run", help="Re-write the report from an earlier run folder (results.json + per_user.parquet); trains nothing."),
+    results: Path | None = typer.Option(None, "--results", help="Write a table-only report from a bare results JSON (e.g. runs/demo/results.json); trains nothing."),
 ) -> None:
     """Train and evaluate the fused model and the baselines, and write the evaluation report."""
     start = time.perf_counter()
@@ -47,7 +46,6 @@ def evaluate(
 
     from dataclasses import replace
 
-    from kgrec.workflow.rec_benchmark import MODEL_NAMES, BenchmarkConfig
     from kgrec.evaluation.protocols import SPLIT_PROTOCOLS, apply_protocol, attach_timestamps, read_timestamps
     from kgrec.evaluation.report import run_report_benchmark, save_run
     from kgrec.fusion.train import resolve_device
@@ -55,6 +53,7 @@ def evaluate(
     from kgrec.ingest.tables import read_tables
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
+    from kgrec.workflow.rec_benchmark import MODEL_NAMES, BenchmarkConfig
 
     if protocol not in SPLIT_PROTOCOLS:
         raise typer.BadParameter(f"choose one of {list(SPLIT_PROTOCOLS)}", param_hint="--protocol")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -121,22 +121,22 @@ def summary_tables(report: Any, show_rejects: int = 10) -> list[Table]:
 
 
 def ingest(
-    paths: Optional[list[Path]] = typer.Argument(
+    paths: list[Path] | None = typer.Argument(
         None, help="Files or directories (tables, RecBole atomic files, UniSRec). Default: the demo data."),
     store: str = typer.Option("embedded", "--store", help="embedded | neo4j (KGREC_NEO4J_* environment)."),
     store_dir: Path = typer.Option(Path("runs/store"), "--store-dir", help="Embedded store directory."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Column-mapping config (.toml/.json/.yaml)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Column-mapping config (.toml/.json/.yaml)."),
     map_: list[str] = typer.Option([], "--map", "-m", help="FIELD=COLUMN or KIND.FIELD=COLUMN (repeatable)."),
     kind: list[str] = typer.Option([], "--kind", "-k", help="FILE=KIND for a file whose name says nothing."),
     dangling: list[str] = typer.Option([], "--dangling", help="KIND=reject|create for unknown references."),
-    duplicates: Optional[str] = typer.Option(None, "--duplicates", help="reject (default) | last"),
-    link_by_id: Optional[bool] = typer.Option(None, "--link-by-id/--no-link-by-id",
+    duplicates: str | None = typer.Option(None, "--duplicates", help="reject (default) | last"),
+    link_by_id: bool | None = typer.Option(None, "--link-by-id/--no-link-by-id",
                                               help="Triples: an entity whose id is a product id DESCRIBES it."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir",
+    state_dir: Path | None = typer.Option(None, "--state-dir",
                                              help="Checkpoint and reports (default STORE_DIR/_ingest)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an interrupted identical run."),
     chunk_mb: float = typer.Option(16.0, "--chunk-mb", help="Block size for CSV/JSONL files."),
-    flush_rows: Optional[int] = typer.Option(None, "--flush-rows", help="Input rows between store writes."),
+    flush_rows: int | None = typer.Option(None, "--flush-rows", help="Input rows between store writes."),
     allow_rejects: bool = typer.Option(False, "--allow-rejects", help="Exit 0 even if rows were rejected."),
     show_rejects: int = typer.Option(10, "--show-rejects", help="Print this many rejected rows."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,11 +23,11 @@ TEXT_MODEL = typer.Option(None, help="Text encoder directory, if it moved since 
 TEXT_MODELS = ("fused", "text-only", "text-zero-shot")
 
 
-def _split(value: Optional[str]) -> list[str]:
+def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-def _filters(category: Optional[str], brand: Optional[str]) -> dict | None:
+def _filters(category: str | None, brand: str | None) -> dict | None:
     filters = {}
     if category:
         filters["category"] = category
@@ -37,7 +36,7 @@ def _filters(category: Optional[str], brand: Optional[str]) -> dict | None:
     return filters or None
 
 
-def _load(artifact: Path, text_model: Optional[Path] = None):
+def _load(artifact: Path, text_model: Path | None = None):
     from kgrec.serving.api import Scorer
     from kgrec.serving.artifact import ArtifactError
 
@@ -62,7 +61,7 @@ def _quiet_transformers() -> None:
 
         logging.disable_progress_bar()
         logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - cosmetic only
+    except Exception:
         pass
 
 
@@ -84,9 +83,9 @@ def recommend(
     users: list[str] = typer.Argument(..., help="User ids (unknown ids are cold-start users)."),
     artifact: Path = ARTIFACT,
     k: int = typer.Option(10, "-k", "--k", help="Products per user."),
-    session: Optional[str] = typer.Option(None, help="Comma-separated product ids seen in this session."),
-    category: Optional[str] = typer.Option(None, help="Only products in this category (id, e.g. 'A > B') or below."),
-    brand: Optional[str] = typer.Option(None, help="Only products of this brand."),
+    session: str | None = typer.Option(None, help="Comma-separated product ids seen in this session."),
+    category: str | None = typer.Option(None, help="Only products in this category (id, e.g. 'A > B') or below."),
+    brand: str | None = typer.Option(None, help="Only products of this brand."),
     include_seen: bool = typer.Option(False, "--include-seen", help="Keep products the user already interacted with."),
     as_json: bool = JSON,
 ) -> None:
@@ -108,14 +107,14 @@ def search(
     query: str = typer.Argument(..., help="Free-text query."),
     artifact: Path = ARTIFACT,
     k: int = typer.Option(10, "-k", "--k"),
-    user: Optional[str] = typer.Option(None, help="Lean the results towards this user."),
-    category: Optional[str] = typer.Option(None, help="Only products in this category or below."),
-    brand: Optional[str] = typer.Option(None, help="Only products of this brand."),
-    user_weight: Optional[float] = typer.Option(
+    user: str | None = typer.Option(None, help="Lean the results towards this user."),
+    category: str | None = typer.Option(None, help="Only products in this category or below."),
+    brand: str | None = typer.Option(None, help="Only products of this brand."),
+    user_weight: float | None = typer.Option(
         None, help="Weight of the user vector in the query (default: the weight learned in search training, else 0.3)."),
     lexical_weight: float = typer.Option(
         0.0, min=0.0, max=1.0, help="Mix in BM25 over the titles with this weight (hybrid search; 0 = the model alone)."),
-    text_model: Optional[Path] = TEXT_MODEL,
+    text_model: Path | None = TEXT_MODEL,
     as_json: bool = JSON,
 ) -> None:
     """Products for a text query (the model's text tower, optionally personalised, optionally hybrid with BM25)."""
@@ -136,8 +135,8 @@ def similar(
     products: list[str] = typer.Argument(..., help="Product ids."),
     artifact: Path = ARTIFACT,
     k: int = typer.Option(10, "-k", "--k"),
-    category: Optional[str] = typer.Option(None, help="Only products in this category or below."),
-    brand: Optional[str] = typer.Option(None, help="Only products of this brand."),
+    category: str | None = typer.Option(None, help="Only products in this category or below."),
+    brand: str | None = typer.Option(None, help="Only products of this brand."),
     as_json: bool = JSON,
 ) -> None:
     """Nearest products by cosine of the model's product vectors."""
@@ -158,7 +157,7 @@ def explain(
     product: str = typer.Argument(..., help="Recommended product id."),
     artifact: Path = ARTIFACT,
     max_paths: int = typer.Option(5, help="Paths to show."),
-    session: Optional[str] = typer.Option(None, help="Comma-separated product ids (for a user the artifact does not know)."),
+    session: str | None = typer.Option(None, help="Comma-separated product ids (for a user the artifact does not know)."),
     cypher: bool = typer.Option(True, "--cypher/--no-cypher", help="Show each path's Cypher query."),
     as_json: bool = JSON,
 ) -> None:
@@ -191,8 +190,8 @@ def train(
     batch_size: int = typer.Option(1024, help="Examples per step."),
     patience: int = typer.Option(2, help="Early-stopping patience (epochs)."),
     graph_dim: int = typer.Option(64, help="Graph encoder size."),
-    text_model: Optional[Path] = typer.Option(None, help="Local BERT-family model directory (default: packaged all-MiniLM-L6-v2)."),
-    cache: Optional[Path] = typer.Option(None, help="Text embedding cache (default: OUT/../text-cache)."),
+    text_model: Path | None = typer.Option(None, help="Local BERT-family model directory (default: packaged all-MiniLM-L6-v2)."),
+    cache: Path | None = typer.Option(None, help="Text embedding cache (default: OUT/../text-cache)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0, help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact folder."),
@@ -205,16 +204,15 @@ def train(
     """
     from dataclasses import asdict
 
-    from kgrec.fusion.distributed import barrier, init_distributed, shutdown
-
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.serving.artifact import save_artifact
     from kgrec.evaluation.recommendation import evaluate
-    from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
+    from kgrec.fusion.distributed import barrier, init_distributed, shutdown
     from kgrec.fusion.models import FusedConfig
     from kgrec.fusion.train import TrainConfig, fit
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
+    from kgrec.serving.artifact import save_artifact
+    from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
 
     if model not in MODEL_NAMES:
         raise typer.BadParameter(f"unknown model {model!r}; choose from {list(MODEL_NAMES)}", param_hint="--model")
@@ -281,18 +279,18 @@ def update(
     interactions: Path = typer.Option(..., help="CSV with user_id, product_id, event, order."),
     out: Path = typer.Option(..., "--out", help="Folder of the updated artifact."),
     epochs: int = typer.Option(3, help="Fine-tuning epochs."),
-    lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate (default: the artifact's)."),
+    lr: float | None = typer.Option(None, help="Fine-tuning learning rate (default: the artifact's)."),
     full_retrain: bool = typer.Option(True, "--full-retrain/--no-full-retrain", help="Also retrain from scratch, for comparison."),
-    full_epochs: Optional[int] = typer.Option(None, help="Epochs of the full retrain (default: the artifact's)."),
-    text_model: Optional[Path] = TEXT_MODEL,
+    full_epochs: int | None = typer.Option(None, help="Epochs of the full retrain (default: the artifact's)."),
+    text_model: Path | None = TEXT_MODEL,
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     as_json: bool = JSON,
 ) -> None:
     """Ingest new interactions, warm-start from the artifact, fine-tune, report before / after / full retrain."""
+    from kgrec.kg.embedded import EmbeddedStore
     from kgrec.serving.artifact import ArtifactError
     from kgrec.serving.update import UpdateConfig, continual_update
-    from kgrec.kg.embedded import EmbeddedStore
 
     _quiet_transformers()
     config = UpdateConfig(epochs=epochs, lr=lr, full_retrain=full_retrain, full_epochs=full_epochs, device=device, seed=seed)
@@ -329,15 +327,15 @@ def update(
 def writeback(
     artifact: Path = ARTIFACT,
     k: int = typer.Option(10, "-k", "--k", help="Recommendations per user."),
-    model_version: Optional[str] = typer.Option(None, help="Version tag of the RECOMMENDED edges (default: model@data fingerprint)."),
+    model_version: str | None = typer.Option(None, help="Version tag of the RECOMMENDED edges (default: model@data fingerprint)."),
     batch_size: int = typer.Option(1024, help="Users per scoring batch."),
 ) -> None:
     """Write product/user embeddings (with a vector index) and every user's top-k as RECOMMENDED edges into Neo4j.
 
     The connection comes from KGREC_NEO4J_URI, KGREC_NEO4J_USER, KGREC_NEO4J_PASSWORD (and KGREC_NEO4J_DATABASE).
     """
-    from kgrec.serving.writeback import write_back
     from kgrec.kg.neo4j_store import Neo4jConfigError, Neo4jStore
+    from kgrec.serving.writeback import write_back
 
     scorer = _load(artifact)
     try:

@@ -14,7 +14,7 @@ Two sources of graded search examples, one format (:class:`~kgrec.fusion.data.Se
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
+from kgrec.evaluation.search import evaluate_search, model_scores
 from kgrec.fusion.data import RecBatch, SearchBatch, evaluation_examples, training_examples
 from kgrec.fusion.models import QUERY_EDGE, REV_QUERY_EDGE
-from kgrec.kg.judgements import judgements_from_frame
-from kgrec.evaluation.search import evaluate_search, model_scores
 from kgrec.kg.export import GraphSnapshot
+from kgrec.kg.judgements import judgements_from_frame
 
 
 @dataclass

@@ -13,8 +13,8 @@ mean the same for short and long queries, whose raw BM25 scales differ.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 

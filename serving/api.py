@@ -51,11 +51,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from kgrec.serving.artifact import Artifact, ArtifactError, category_ancestors, load_artifact
 from kgrec.fusion.data import RecBatch
-from kgrec.serving.explain import SESSION, Explanation, find_paths
 from kgrec.fusion.models import FusedRecommender, Popularity, TextZeroShot
 from kgrec.kg.schema import CATEGORY_SEPARATOR
+from kgrec.serving.artifact import Artifact, ArtifactError, category_ancestors, load_artifact
+from kgrec.serving.explain import SESSION, Explanation, find_paths
 
 SOURCES = ("history", "session", "popularity")
 FILTER_KEYS = ("category", "brand")
@@ -145,7 +145,7 @@ class Scorer:
         device: str = "cpu",
         text_model: str | os.PathLike[str] | None = None,
         verify: bool = True,
-    ) -> "Scorer":
+    ) -> Scorer:
         """Load the artifact at ``path`` (see :func:`kgrec.serving.artifact.load_artifact`)."""
         return cls(load_artifact(path, device=device, verify=verify), text_model=text_model)
 

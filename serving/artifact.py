@@ -87,7 +87,7 @@ def kgrec_version() -> str:
         from importlib.metadata import version
 
         return version("kgrec")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except Exception:
         return "0+unknown"
 
 
@@ -463,7 +463,7 @@ def _read_parquet(file: Path, columns: list[str]) -> pd.DataFrame:
         raise ArtifactError(file, "missing")
     try:
         frame = pd.read_parquet(file)
-    except Exception as exc:  # noqa: BLE001 - named with the file
+    except Exception as exc:
         raise ArtifactError(file, f"unreadable Parquet ({exc})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -478,7 +478,7 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(file, "missing")
     try:
         return load_file(str(file))
-    except Exception as exc:  # noqa: BLE001 - named with the file
+    except Exception as exc:
         raise ArtifactError(file, f"unreadable safetensors ({exc})") from None
 
 

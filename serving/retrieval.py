@@ -53,7 +53,7 @@ class CSR:
     indices: np.ndarray
 
     @classmethod
-    def from_pairs(cls, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray, num_rows: int) -> "CSR":
+    def from_pairs(cls, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray, num_rows: int) -> CSR:
         """From ``(row, product)`` pairs (e.g. :func:`kgrec.evaluation.recommendation.evaluation_inputs`' ``rows, cols``)."""
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
@@ -129,7 +129,7 @@ class ProductIndex:
         self.nlist: int | None = None
 
     # -- build -----------------------------------------------------------------------------
-    def build(self, vectors: torch.Tensor | np.ndarray) -> "ProductIndex":
+    def build(self, vectors: torch.Tensor | np.ndarray) -> ProductIndex:
         """Index ``vectors`` ``[P, d]`` (float; unit rows for cosine). Returns self."""
         import faiss
 
@@ -272,7 +272,7 @@ class ProductIndex:
         return directory
 
     @classmethod
-    def load(cls, path: str | Path) -> "ProductIndex":
+    def load(cls, path: str | Path) -> ProductIndex:
         """Read an index written by :meth:`save`."""
         import faiss
 

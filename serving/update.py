@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kgrec.serving.artifact import ArtifactError, build_from_config, load_artifact, save_artifact
 from kgrec.evaluation.recommendation import evaluate
 from kgrec.fusion.models import FusedRecommender, Recommender, TextZeroShot
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.kg.export import GraphSnapshot, export_snapshot
 from kgrec.kg.schema import EVENT_TYPES
 from kgrec.kg.store import GraphStore
+from kgrec.serving.artifact import ArtifactError, build_from_config, load_artifact, save_artifact
 
 INTERACTION_COLUMNS = ["user_id", "product_id", "event", "order"]
 

@@ -18,13 +18,7 @@ from pathlib import Path
 
 import pytest
 
-TINY_WORDS = (
-    "the a an and or of for with to in on red blue green black white small large "
-    "cordless drill battery powered electric hammer screwdriver saw wrench nitrile "
-    "latex gloves safety glasses boots helmet paint brush roller tape measure ladder "
-    "steel wood plastic metal set kit pack box pro tool tools power hand garden hose "
-    "light lamp led cable charger volt"
-).split()
+TINY_WORDS = ["the", "a", "an", "and", "or", "of", "for", "with", "to", "in", "on", "red", "blue", "green", "black", "white", "small", "large", "cordless", "drill", "battery", "powered", "electric", "hammer", "screwdriver", "saw", "wrench", "nitrile", "latex", "gloves", "safety", "glasses", "boots", "helmet", "paint", "brush", "roller", "tape", "measure", "ladder", "steel", "wood", "plastic", "metal", "set", "kit", "pack", "box", "pro", "tool", "tools", "power", "hand", "garden", "hose", "light", "lamp", "led", "cable", "charger", "volt"]
 TINY_SUBWORDS = ("##s", "##er", "##ing", "##ed", "##ly", "##es")
 TINY_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -135,7 +129,6 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import neo4j
@@ -143,7 +136,6 @@ import pytest
 
 from kgrec.kg.embedded import EmbeddedStore
 from kgrec.kg.neo4j_store import ENV_URI, Neo4jConfig, Neo4jStore
-
 
 
 def _load_bolt_server():
@@ -203,7 +195,7 @@ class BoltTarget:
                 driver = neo4j.GraphDatabase.driver(self.config.uri, auth=self.config.auth, **self.driver_options)
                 try:
                     driver.verify_connectivity()
-                except Exception as exc:  # noqa: BLE001 - retried, then reported
+                except Exception as exc:
                     last = exc
                     driver.close()
                     continue

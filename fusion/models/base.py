@@ -94,7 +94,7 @@ class Recommender(nn.Module):
     def product_embeddings(self) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no product embeddings")
 
-    def forward(self, batch: RecBatch, search: "SearchBatch | None" = None, search_weight: float = 1.0) -> torch.Tensor:
+    def forward(self, batch: RecBatch, search: SearchBatch | None = None, search_weight: float = 1.0) -> torch.Tensor:
         """The training loss (what :class:`~torch.nn.parallel.DistributedDataParallel` calls):
         ``loss(batch)``, plus ``search_weight * search_loss(search)`` for models that search."""
         if search is not None:

@@ -182,7 +182,7 @@ class FusedRecommender(Recommender):
         super().set_graph(graph)
         self._cache = None
 
-    def train(self, mode: bool = True) -> "FusedRecommender":
+    def train(self, mode: bool = True) -> FusedRecommender:
         self._cache = None
         return super().train(mode)
 

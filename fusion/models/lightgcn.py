@@ -28,7 +28,7 @@ class LightGCNRecommender(MatrixFactorization):
         super().set_graph(graph)
         self._cache = None
 
-    def train(self, mode: bool = True) -> "LightGCNRecommender":
+    def train(self, mode: bool = True) -> LightGCNRecommender:
         self._cache = None
         return super().train(mode)
 

@@ -20,17 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kgrec.fusion.data import SearchBatch
-from kgrec.fusion.models import FusedConfig, FusedRecommender
-from kgrec.search.hybrid import HybridSearch, choose_lexical_weight, mix
-from kgrec.search.examples import SearchTask, judged_examples, search_graph
 from kgrec.evaluation.search import evaluate_search, model_scores
 from kgrec.evaluation.search import search_metrics_per_query as evaluate_search_per_query
 from kgrec.evaluation.search_metrics import mean_search_metrics
 from kgrec.evaluation.significance import paired_test
-from kgrec.kg.judgements import query_disjoint_split
+from kgrec.fusion.data import SearchBatch
+from kgrec.fusion.models import FusedConfig, FusedRecommender
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.kg.export import GraphSnapshot
+from kgrec.kg.judgements import query_disjoint_split
+from kgrec.search.examples import SearchTask, judged_examples, search_graph
+from kgrec.search.hybrid import HybridSearch, choose_lexical_weight, mix
 
 #: Baselines and fused variants, in table order (``fused`` runs once per tuning mode;
 #: ``hybrid`` mixes each fused model with BM25, :mod:`kgrec.search.hybrid`).
@@ -399,8 +399,8 @@ def run_personalized_search(
     recommendation metrics next to the rec-only model's (valid/test NDCG@10), so the cost
     of sharing the tower is visible.
     """
-    from kgrec.search.bm25 import BM25Ranker
     from kgrec.evaluation.recommendation import evaluate
+    from kgrec.search.bm25 import BM25Ranker
     from kgrec.search.examples import anonymous, category_path_examples
 
     fused = fused or FusedConfig()

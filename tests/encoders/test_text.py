@@ -7,7 +7,6 @@ Most tests use the session-scoped tiny random BERT from conftest.py; the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from pathlib import Path

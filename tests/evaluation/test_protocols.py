@@ -5,8 +5,6 @@ import pandas as pd
 import pytest
 import torch
 
-from kgrec.fusion.data import training_examples
-from kgrec.fusion.models import INTERACTION_EDGE, MatrixFactorization, Popularity
 from kgrec.evaluation.protocols import (
     apply_protocol,
     attach_timestamps,
@@ -19,6 +17,8 @@ from kgrec.evaluation.protocols import (
     temporal_split,
     with_split,
 )
+from kgrec.fusion.data import training_examples
+from kgrec.fusion.models import INTERACTION_EDGE, MatrixFactorization, Popularity
 from kgrec.fusion.train import TrainConfig, fit
 
 

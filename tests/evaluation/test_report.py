@@ -8,12 +8,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from kgrec.evaluation.recommendation import evaluate, evaluate_detailed
-from kgrec.evaluation.metrics import metrics_from_position
-from kgrec.fusion.models import MatrixFactorization, Popularity
-from kgrec.evaluation.report import Document, bucketize, breakdown, write_report
-from kgrec.ingest.tables import write_tables
 from kgrec.cli_evaluate import register
+from kgrec.evaluation.metrics import metrics_from_position
+from kgrec.evaluation.recommendation import evaluate, evaluate_detailed
+from kgrec.evaluation.report import Document, breakdown, bucketize, write_report
+from kgrec.fusion.models import MatrixFactorization, Popularity
+from kgrec.ingest.tables import write_tables
 
 # no graph model: keeps the test fast (test_cli.py runs the fused model end to end); mf-bpr is the reference
 MODELS = "popularity,text-zero-shot,mf-bpr"
@@ -147,8 +147,8 @@ def _messy_snapshot(tiny_snapshot, seed=0):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fast_inputs_equal_evaluation_examples(tiny_snapshot, seed):
-    from kgrec.fusion.data import evaluation_examples
     from kgrec.evaluation.recommendation import evaluation_inputs, exclusion_mask, rank_top_k
+    from kgrec.fusion.data import evaluation_examples
 
     for snap in (tiny_snapshot, _messy_snapshot(tiny_snapshot, seed)):
         for split in ("valid", "test"):

@@ -6,8 +6,8 @@ import pytest
 import pytrec_eval
 import torch
 
-from kgrec.kg.judgements import SearchJudgements
 from kgrec.evaluation.search_metrics import mean_search_metrics, rerank_topk, search_metrics_from_topk
+from kgrec.kg.judgements import SearchJudgements
 
 
 def _judgements(products: list[list[int]], grades: list[list[float]]) -> SearchJudgements:
@@ -118,8 +118,8 @@ def test_hand_computed_fractional_grades():
     judg = _judgements([[10, 11, 12, 13]], [[2.0, 4 / 3, 2 / 3, 0.0]])
     topk = torch.tensor([[12, 99, 10, 13, 11]])  # 99 unjudged
     out = search_metrics_from_topk(topk, judg, ks=(3, 10))
-    g = lambda x: 2.0**x - 1.0  # noqa: E731
-    d = lambda r: 1.0 / math.log2(r + 1)  # noqa: E731
+    g = lambda x: 2.0**x - 1.0
+    d = lambda r: 1.0 / math.log2(r + 1)
     dcg3 = g(2 / 3) * d(1) + 0.0 * d(2) + g(2.0) * d(3)
     idcg3 = g(2.0) * d(1) + g(4 / 3) * d(2) + g(2 / 3) * d(3)
     dcg10 = dcg3 + 0.0 * d(4) + g(4 / 3) * d(5)
@@ -142,7 +142,7 @@ def test_short_lists_padding_and_nothing_relevant():
     judg = _judgements([[1, 2], [3], [4, 5]], [[1.0, 2.0], [0.0], [1.0, 0.0]])
     topk = torch.tensor([[2, -1, 1], [3, 7, -1], [-1, -1, -1]])  # K = 3 < 10; -1 ranks hold nothing
     out = search_metrics_from_topk(topk, judg, ks=(1, 10))
-    g = lambda x: 2.0**x - 1.0  # noqa: E731
+    g = lambda x: 2.0**x - 1.0
     ideal = g(2) + g(1) / math.log2(3)
     assert out["ndcg@10"][0].item() == pytest.approx((g(2) + g(1) / math.log2(4)) / ideal, rel=1e-6)
     assert out["map@10"][0].item() == pytest.approx((1 + 2 / 3) / 2)

@@ -87,7 +87,7 @@ def test_holm():
 
 def test_compare_to_reference_rows():
     rng = np.random.default_rng(6)
-    hits = lambda p: (rng.random(800) < p).astype(float)  # noqa: E731
+    hits = lambda p: (rng.random(800) < p).astype(float)
     per_user = {
         "popularity": {"ndcg@10": hits(0.02), "recall@10": hits(0.03)},
         "mf-bpr": {"ndcg@10": hits(0.2), "recall@10": hits(0.2)},

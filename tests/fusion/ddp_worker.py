@@ -10,14 +10,15 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import build_tiny_tables  # noqa: E402
-from kgrec.fusion.distributed import init_distributed, shutdown  # noqa: E402
-from kgrec.workflow.rec_benchmark import build_model  # noqa: E402
-from kgrec.fusion.models import FusedConfig  # noqa: E402
-from kgrec.fusion.train import TrainConfig, fit  # noqa: E402
-from kgrec.ingest.load import load_tables  # noqa: E402
-from kgrec.kg.embedded import EmbeddedStore  # noqa: E402
-from kgrec.kg.export import export_snapshot  # noqa: E402
+from conftest import build_tiny_tables
+
+from kgrec.fusion.distributed import init_distributed, shutdown
+from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.train import TrainConfig, fit
+from kgrec.ingest.load import load_tables
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.export import export_snapshot
+from kgrec.workflow.rec_benchmark import build_model
 
 
 def main(out: Path) -> None:

@@ -167,9 +167,9 @@ def test_set_graph_switches_the_sampled_graph(tiny_snapshot, graph, examples):
 
 def test_fit_trains_with_neighbour_sampling(tiny_snapshot):
     """The trainer's ``neighbor_sampling`` option runs SampledFusedLoss end to end."""
-    from kgrec.workflow.rec_benchmark import build_model
     from kgrec.fusion.models import FusedConfig
     from kgrec.fusion.train import TrainConfig, fit
+    from kgrec.workflow.rec_benchmark import build_model
 
     text = torch.randn(tiny_snapshot.num_products, 16, generator=torch.Generator().manual_seed(0))
     model = build_model("fused", tiny_snapshot, text, FusedConfig(graph_dim=8, max_history=5))

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from kgrec.fusion.data import RecBatch, evaluation_examples, training_examples
 from kgrec.evaluation.recommendation import evaluate
-from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
+from kgrec.fusion.data import evaluation_examples, training_examples
 from kgrec.fusion.models import FusedConfig, FusedRecommender, Recommender, TextZeroShot
 from kgrec.fusion.train import TrainConfig, fit
+from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
 
 
 @pytest.fixture(scope="module")

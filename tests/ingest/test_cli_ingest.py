@@ -6,8 +6,8 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from kgrec.ingest.tables import write_tables
 from kgrec.cli_ingest import register
+from kgrec.ingest.tables import write_tables
 
 app = typer.Typer()
 

@@ -3,10 +3,8 @@ idempotent re-ingest, resume after a crash, incremental events."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from kgrec.ingest.pipeline import IngestConfig, Ingestor

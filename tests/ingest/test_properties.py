@@ -174,7 +174,7 @@ def test_validation_of_arbitrary_values(kind, n, data, tmp_path_factory):
 @given(data=st.data(), n=st.integers(1, 15))
 def test_parquet_typed_columns(tmp_path_factory, data, n):
     d = tmp_path_factory.mktemp("p")
-    col = lambda s: data.draw(st.lists(s, min_size=n, max_size=n))  # noqa: E731
+    col = lambda s: data.draw(st.lists(s, min_size=n, max_size=n))
     frame = pd.DataFrame({
         "user_id": col(st.one_of(st.none(), TEXT)),
         "product_id": col(st.sampled_from(PRODUCTS + ["PX"])),

@@ -52,9 +52,9 @@ def test_recbole_header():
 
 def test_recbole_kg_to_typed_edges_and_training(tmp_path):
     from kgrec.evaluation.recommendation import evaluate
-    from kgrec.workflow.rec_benchmark import build_model
     from kgrec.fusion.models import FusedConfig
     from kgrec.fusion.train import TrainConfig, fit
+    from kgrec.workflow.rec_benchmark import build_model
 
     wrote = write_recbole(tmp_path / "toy")
     found = discover([tmp_path / "toy"])

@@ -83,7 +83,7 @@ class BoltServer:
         self.log = self._dir / "server.log"
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, timeout: float = 20.0) -> "BoltServer":
+    def start(self, timeout: float = 20.0) -> BoltServer:
         # A namespace of this name can only be a leftover of a killed run whose pid we reuse.
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
@@ -143,7 +143,7 @@ class BoltServer:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "BoltServer":
+    def __enter__(self) -> BoltServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -2,8 +2,8 @@ import json
 
 from typer.testing import CliRunner
 
-from kgrec.ingest.tables import write_tables
 from kgrec.cli import app
+from kgrec.ingest.tables import write_tables
 
 
 def test_demo_end_to_end_on_tiny_data(tiny_tables, tiny_bert_dir, tmp_path):

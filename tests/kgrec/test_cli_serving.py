@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kgrec.serving.api import Scorer
 from kgrec.cli_serving import register
+from kgrec.serving.api import Scorer
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import csv
 import pytest
 import torch
 
-from kgrec.search.bm25 import BM25Ranker
 from kgrec.evaluation.search import evaluate_search
+from kgrec.fusion.train import TrainConfig
+from kgrec.search.bm25 import BM25Ranker
 from kgrec.workflow.search_benchmark import (
     SEARCH_MODELS,
     SearchBenchmarkConfig,
@@ -18,7 +19,6 @@ from kgrec.workflow.search_benchmark import (
     run_search_benchmark,
     search_results_markdown,
 )
-from kgrec.fusion.train import TrainConfig
 
 KINDS = ["drill", "saw", "glove", "tape", "lamp", "hose", "rake", "bolt", "pipe", "fan"]
 COLOURS = ["red", "blue", "green", "black", "white"]

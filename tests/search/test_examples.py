@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from kgrec.fusion.data import SearchBatch
-from kgrec.workflow.rec_benchmark import build_model
-from kgrec.fusion.models import QUERY_EDGE, REV_QUERY_EDGE, FusedConfig, FusedRecommender, drop_pairs
-from kgrec.search.examples import SearchTask, anonymous, category_path_examples, category_query, judged_examples, search_graph
 from kgrec.evaluation.search import evaluate_search, model_scores
+from kgrec.fusion.data import SearchBatch
+from kgrec.fusion.models import QUERY_EDGE, REV_QUERY_EDGE, FusedConfig, FusedRecommender, drop_pairs
 from kgrec.fusion.train import TrainConfig, fit
+from kgrec.search.examples import SearchTask, anonymous, category_path_examples, category_query, judged_examples, search_graph
+from kgrec.workflow.rec_benchmark import build_model
 
 D = 16
 

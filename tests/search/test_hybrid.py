@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from kgrec.search.bm25 import BM25Ranker
-from kgrec.fusion.data import SearchBatch
-from kgrec.search.hybrid import DEFAULT_GRID, HybridSearch, choose_lexical_weight, mix, standardize
 from kgrec.evaluation.search import evaluate_search
+from kgrec.fusion.data import SearchBatch
+from kgrec.search.bm25 import BM25Ranker
+from kgrec.search.hybrid import DEFAULT_GRID, HybridSearch, choose_lexical_weight, mix, standardize
 
 
 def _batch(products, grades, texts=None):

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kgrec.serving.api import Scorer
-from kgrec.serving.artifact import save_artifact
 from kgrec.fusion.data import RecBatch
-from kgrec.workflow.rec_benchmark import build_model
 from kgrec.fusion.models import FusedConfig
 from kgrec.fusion.train import TrainConfig, fit
+from kgrec.serving.api import Scorer
+from kgrec.serving.artifact import save_artifact
+from kgrec.workflow.rec_benchmark import build_model
 
 
 @pytest.fixture(scope="module")

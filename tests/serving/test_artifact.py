@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from kgrec.fusion.data import evaluation_examples
+from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.train import TrainConfig, fit
 from kgrec.serving.api import Scorer
 from kgrec.serving.artifact import (
     CONFIG,
@@ -18,10 +21,7 @@ from kgrec.serving.artifact import (
     load_artifact,
     save_artifact,
 )
-from kgrec.fusion.data import evaluation_examples
 from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
-from kgrec.fusion.models import FusedConfig
-from kgrec.fusion.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kgrec.serving.api import Scorer
-from kgrec.serving.artifact import save_artifact
-from kgrec.workflow.rec_benchmark import build_model
-from kgrec.serving.explain import SESSION
 from kgrec.fusion.models import FusedConfig
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.kg.schema import NODE_TYPES, REL_TYPES
+from kgrec.serving.api import Scorer
+from kgrec.serving.artifact import save_artifact
+from kgrec.serving.explain import SESSION
+from kgrec.workflow.rec_benchmark import build_model
 
 LINT = Path(__file__).resolve().parents[2] / "tools" / "cypher-lint"
 

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from kgrec.serving.api import Scorer
-from kgrec.serving.artifact import save_artifact
-from kgrec.workflow.rec_benchmark import build_model
 from kgrec.fusion.models import FusedConfig
 from kgrec.fusion.train import TrainConfig, fit
-from kgrec.serving.writeback import recommendation_frame, write_back
 from kgrec.ingest.load import load_tables
+from kgrec.serving.api import Scorer
+from kgrec.serving.artifact import save_artifact
+from kgrec.serving.writeback import recommendation_frame, write_back
+from kgrec.workflow.rec_benchmark import build_model
 
 
 @pytest.fixture(scope="module")
