@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kgrec.encoders.text import TextEncoder, TextEncoderConfig
     from kgrec.encoders.tuning import TextTuningConfig, TunedTextEncoder
-    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.evaluation.recommendation import evaluate, ndcg_validator
     from kgrec.fusion.models import FusedConfig, FusedRecommender
     from kgrec.fusion.train import TrainConfig, autocast_dtype, fit, resolve_device
     from kgrec.ingest.load import load_tables
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                          device=str(device), precision=args.precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    history = fit(model, snapshot, config, progress=True)
+    history = fit(model, snapshot, config, progress=True,
+                  validators={"rec": ndcg_validator(snapshot, "valid", max_history=config.max_history)})
     metrics = evaluate(model, snapshot, "test", (10, 20), config.max_history).metrics
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

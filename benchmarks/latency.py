@@ -67,15 +67,15 @@ def train_quick(data: Path, work: Path, epochs: int, device: str) -> Path:
     from dataclasses import asdict
 
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.evaluation.recommendation import evaluate, ndcg_validator
     from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.registry import ModelInputs, build_model
     from kgrec.fusion.train import TrainConfig, fit
     from kgrec.ingest.load import load_tables
     from kgrec.ingest.tables import read_tables
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
     from kgrec.serving.artifact import save_artifact
-    from kgrec.workflow.rec_benchmark import build_model
 
     artifact = work / "artifact"
     if (artifact / "config.json").is_file():
@@ -86,9 +86,10 @@ def train_quick(data: Path, work: Path, epochs: int, device: str) -> Path:
     snapshot = export_snapshot(store)
     encoder = TextEncoder(TextEncoderConfig())
     text = encoder.encode(snapshot.product_text, cache=EmbeddingCache(work / "text-cache"), progress=True)
-    model = build_model("fused", snapshot, text, FusedConfig())
+    model = build_model("fused", ModelInputs.from_snapshot(snapshot, text), FusedConfig())
     config = TrainConfig(epochs=epochs, batch_size=1024, lr=2e-3, patience=2, device=device)
-    history = fit(model, snapshot, config, progress=True)
+    history = fit(model, snapshot, config, progress=True,
+                  validators={"rec": ndcg_validator(snapshot, "valid", max_history=config.max_history)})
     metrics = {"test": evaluate(model, snapshot, "test", (10, 20)).metrics, "train_seconds": history.seconds,
                "epochs": len(history.losses)}
     model.cpu()

@@ -19,7 +19,7 @@ Stages:
               With more distinct texts than ``--encode-limit`` the stage is *not run* and the
               training stage uses random unit vectors in their place (said so in its notes).
 ``train``     one epoch of the fused model (:class:`kgrec.fusion.models.FusedRecommender`, built as
-              ``kgrec.workflow.rec_benchmark.build_model`` builds it): the step of :func:`kgrec.fusion.train.fit`
+              ``kgrec.fusion.registry.build_model`` builds it): the step of :func:`kgrec.fusion.train.fit`
               (bf16 autocast on CUDA, fp32 on CPU) without the per-epoch validation; by default
               full batch (the GNN over the whole graph, softmax over all products), with
               ``--sampled`` over sampled subgraphs (``kgrec.fusion.minibatch.SampledFusedLoss``,
@@ -229,9 +229,9 @@ def _text_features(args, num_products: int):
 
 def _build_fused(snapshot, text):
     from kgrec.fusion.models import FusedConfig
-    from kgrec.workflow.rec_benchmark import build_model
+    from kgrec.fusion.registry import ModelInputs, build_model
 
-    return build_model("fused", snapshot, text, FusedConfig())
+    return build_model("fused", ModelInputs.from_snapshot(snapshot, text), FusedConfig())
 
 
 def stage_train(args, rec: Recorder) -> None:

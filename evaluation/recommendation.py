@@ -16,6 +16,7 @@ import torch
 from kgrec.evaluation.metrics import hit_matrix, mean_metrics, per_user_metrics
 from kgrec.fusion.data import RecBatch
 from kgrec.fusion.models import Recommender
+from kgrec.fusion.train import Validator
 from kgrec.kg.export import GraphSnapshot
 
 
@@ -244,3 +245,13 @@ def rank_top_k_pairs(
         return topk
     empty = torch.empty(0)
     return topk, (torch.cat(ranks).cpu() if ranks else empty), (torch.cat(cands).cpu() if cands else empty)
+
+
+def ndcg_validator(snapshot: GraphSnapshot, split: str = "valid", k: int = 10, max_history: int = 50) -> Validator:
+    """A :data:`~kgrec.fusion.train.Validator`: full-ranking NDCG@``k`` on the targets of ``split``
+    (what :func:`kgrec.fusion.train.fit` early-stops on)."""
+
+    def validate(model: Recommender) -> float:
+        return evaluate(model, snapshot, split, ks=(k,), max_history=max_history).metrics[f"ndcg@{k}"]
+
+    return validate

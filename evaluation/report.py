@@ -148,7 +148,7 @@ def save_run(run: ReportRun, snapshot, out: str | Path, config=None, extra: dict
     out.mkdir(parents=True, exist_ok=True)
     payload_extra = dict(extra or {})
     payload_extra["histories"] = {
-        m: {"losses": h.losses, "valid_ndcg": h.valid_ndcg, "best_epoch": h.best_epoch + 1, "seconds": h.seconds}
+        m: {"losses": h.losses, "valid_ndcg": h.valid_ndcg, "best_epoch": h.best_epoch, "seconds": h.seconds}
         for m, h in run.histories.items()
     }
     payload_extra["facts"] = run.snapshot_facts
@@ -378,13 +378,14 @@ def plot_training(histories: dict[str, dict], path: Path) -> Path | None:
     for model, h in trained.items():
         epochs = np.arange(1, len(h["losses"]) + 1)
         axes[0].plot(epochs, h["losses"], marker="o", ms=3, label=model)
-        line = axes[1].plot(epochs, h["valid_ndcg"], marker="o", ms=3, label=model)[0]
+        valid = h.get("valid_ndcg") or []
+        line = axes[1].plot(np.arange(len(valid)), valid, marker="o", ms=3, label=model)[0]  # 0 = untrained
         best = h.get("best_epoch", 0)
-        if best and best <= len(h["valid_ndcg"]):
-            axes[1].plot([best], [h["valid_ndcg"][best - 1]], marker="*", ms=12, color=line.get_color())
+        if 0 <= best < len(valid):
+            axes[1].plot([best], [valid[best]], marker="*", ms=12, color=line.get_color())
     axes[0].set_title("training loss (each model its own loss)")
     axes[0].set_yscale("log")
-    axes[1].set_title("valid NDCG@10 (star: restored best epoch)")
+    axes[1].set_title("valid NDCG@10 (epoch 0: untrained; star: the kept weights)")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ import torch
 
 from kgrec.evaluation.search_metrics import mean_search_metrics, rerank_topk, search_metrics_from_topk
 from kgrec.fusion.data import SearchBatch
+from kgrec.fusion.train import Validator
 from kgrec.kg.judgements import SearchJudgements
 
 #: ``scores(batch) -> [B, P]``: what :func:`evaluate_search` ranks with.
@@ -100,3 +101,14 @@ def search_metrics_per_query(
         for name, value in metrics.items():
             per_query.setdefault(name, []).append(value)
     return {name: torch.cat(v) for name, v in per_query.items()}
+
+
+def search_validator(batch: SearchBatch, protocol: str = "full", exclude_history: bool = False, k: int = 10) -> Validator:
+    """A :data:`~kgrec.fusion.train.Validator`: search NDCG@``k`` of a model's ``search_logits`` on
+    ``batch`` (the validation queries) under ``protocol``."""
+
+    def validate(model) -> float:
+        metrics = evaluate_search(model_scores(model), batch, ks=(k,), protocol=protocol, exclude_history=exclude_history)
+        return metrics[f"ndcg@{k}"]
+
+    return validate

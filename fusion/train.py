@@ -1,14 +1,20 @@
 """One trainer for every :class:`~kgrec.fusion.models.Recommender`.
 
 Minibatches of training examples (:func:`kgrec.fusion.data.training_examples`), Adam,
-validation NDCG@10 after each epoch, early stopping with patience, and the best
-epoch's weights restored at the end — the checkpoint that gets tested.
+validation before training and after each epoch, early stopping with patience, and the
+best weights restored at the end — the checkpoint that gets tested. The untrained model
+competes too, so training never ends worse on validation than it started.
+
+Validation is injected: ``validators`` maps a name to a :data:`Validator` (a function of
+the model, higher is better; :func:`kgrec.evaluation.recommendation.ndcg_validator` and
+:func:`kgrec.evaluation.search.search_validator` build the usual ones). The trainer depends
+on no evaluation code; without validators it trains every epoch and keeps the last weights.
 
 The same loop runs
 
-* multi-task: with a :class:`~kgrec.search.examples.SearchTask`, each step adds a batch of
-  graded search examples to the recommendation batch (one shared product tower,
-  ``model(rec_batch, search_batch, weight)``); validation averages both NDCG@10s;
+* multi-task: with a :class:`SearchTask`, each step adds a batch of graded search examples
+  to the recommendation batch (one shared product tower, ``model(rec_batch, search_batch,
+  weight)``); the validation score is the mean over the validators;
 * in mixed precision: ``precision="bf16"`` (default on CUDA) runs the forward pass
   under ``torch.autocast``;
 * distributed: launched by ``torchrun`` (:func:`kgrec.fusion.distributed.init_distributed`),
@@ -20,16 +26,20 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
-from kgrec.evaluation.recommendation import evaluate
-from kgrec.fusion.data import training_examples
+from kgrec.fusion.data import SearchBatch, training_examples
 from kgrec.fusion.models import Recommender
 from kgrec.kg.export import GraphSnapshot
+
+#: Scores a model under whatever graph it sets itself (higher is better), e.g. validation NDCG@10.
+Validator = Callable[[Recommender], float]
 
 
 @dataclass
@@ -74,18 +84,56 @@ class TrainConfig:
 
 
 @dataclass
+class SearchTask:
+    """Graded search examples trained jointly with recommendation (:func:`fit`).
+
+    Attributes:
+        train: the training examples.
+        weight: weight of the search loss next to the recommendation loss (default 1.0).
+        batch_size: search examples per step (default 256).
+        graph: the message-passing graph to train with instead of the snapshot's (e.g.
+            :func:`kgrec.search.examples.search_graph`); None = the snapshot's train graph.
+    """
+
+    train: SearchBatch
+    weight: float = 1.0
+    batch_size: int = 256
+    graph: HeteroData | None = None
+
+
+@dataclass
 class TrainHistory:
-    """What happened during :func:`fit`: per-epoch losses and validation scores, the best
-    epoch, wall seconds in all (``seconds``) and in training steps alone (``train_seconds``,
-    which ``examples_per_second`` divides by)."""
+    """What happened during :func:`fit`.
+
+    Attributes:
+        losses: mean training loss of each epoch.
+        valid: validator name -> its score before training (index 0), then after each epoch.
+        best_epoch: epochs of training behind the kept weights (0 = the untrained start).
+        seconds: wall seconds in all; ``train_seconds`` in training steps alone, which
+            ``examples_per_second`` divides by.
+    """
 
     losses: list[float] = field(default_factory=list)
-    valid_ndcg: list[float] = field(default_factory=list)
-    best_epoch: int = -1
+    valid: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
     seconds: float = 0.0
-    valid_search_ndcg: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
     examples_per_second: float = 0.0
+
+    @property
+    def valid_ndcg(self) -> list[float]:
+        """Scores of the ``"rec"`` validator (empty without one)."""
+        return self.valid.get("rec", [])
+
+    @property
+    def valid_search_ndcg(self) -> list[float]:
+        """Scores of the ``"search"`` validator (empty without one)."""
+        return self.valid.get("search", [])
+
+    def best(self, name: str) -> float | None:
+        """The validator's score of the kept weights (None without that validator)."""
+        scores = self.valid.get(name)
+        return scores[self.best_epoch] if scores else None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,13 +175,16 @@ def fit(
     config: TrainConfig,
     progress: bool = True,
     search: SearchTask | None = None,
+    validators: Mapping[str, Validator] | None = None,
 ) -> TrainHistory:
-    """Train ``model`` on the train split; keep the weights with the best validation NDCG@10.
+    """Train ``model`` on the train split; keep the weights with the best validation score.
 
     Args:
-        search: graded search examples trained jointly (multi-task); the validation score
-            is then the mean of the recommendation and search NDCG@10 (search alone when the
-            snapshot has no interactions to learn from).
+        search: graded search examples trained jointly (multi-task), or alone when the
+            snapshot has no interactions to learn from.
+        validators: name -> :data:`Validator`; the validation score is their mean, taken
+            before training and after each epoch. None or empty: no early stopping, the
+            last epoch's weights are kept.
     """
     from kgrec.fusion.distributed import rank_and_world
 
@@ -150,9 +201,10 @@ def fit(
         return history
 
     examples = training_examples(snapshot, config.max_history)
-    has_rec = len(examples) > 0 and (snapshot.interactions["split"] == "valid").any()
+    has_rec = len(examples) > 0
     if not has_rec and search is None:
-        raise ValueError("nothing to train on: the snapshot has no train/valid interactions and no search task was given")
+        raise ValueError("nothing to train on: the snapshot has no train interactions after a user's first "
+                         "and no search task was given")
     step_model: torch.nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -168,8 +220,12 @@ def fit(
         loss_fn = SampledFusedLoss(model, train_graph, config.neighbor_sampling, config.num_negatives, seed=config.seed)
     amp = autocast_dtype(config, device)
     optimizer = torch.optim.Adam(parameter_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay)
-    best_state, best_score, stale = None, -1.0, 0
+    validators = dict(validators or {})
+    best_state, best_score, stale = None, float("-inf"), 0
     start = time.perf_counter()
+    if validators:
+        best_score = _validate(model, validators, history, train_graph, epoch=0, progress=progress and rank == 0)
+        best_state = copy.deepcopy(model.state_dict())
     seen_examples = 0
     generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
     tuned_text = getattr(model, "text_tower", None) is not None and getattr(model.text_tower, "trainable", False)
@@ -213,35 +269,44 @@ def fit(
         if tuned_text:  # products not in a batch still hold the vectors of the epoch's start
             model.eval()
             model.refresh_text(progress=progress and rank == 0)
-        scores = []
-        if has_rec:
-            score = evaluate(model, snapshot, "valid", ks=(10,), max_history=config.max_history).metrics["ndcg@10"]
-            history.valid_ndcg.append(score)
-            scores.append(score)
-        if search is not None:
-            search_score = search.validate(model)
-            history.valid_search_ndcg.append(search_score)
-            scores.append(search_score)
-        score = sum(scores) / len(scores)
-        if progress and rank == 0:
-            parts = [f"valid ndcg@10 {history.valid_ndcg[-1]:.4f}"] if has_rec else []
-            parts += [f"search ndcg@10 {history.valid_search_ndcg[-1]:.4f}"] if search is not None else []
-            tqdm.write(f"{model.name} epoch {epoch + 1}: loss {history.losses[-1]:.4f}  " + "  ".join(parts))
+        out_of_time = config.time_limit is not None and time.perf_counter() - start > config.time_limit
+        if not validators:
+            if out_of_time:
+                break
+            continue
+        score = _validate(model, validators, history, train_graph, epoch=epoch + 1, progress=progress and rank == 0,
+                          loss=history.losses[-1])
         if score > best_score:
-            best_score, stale, history.best_epoch = score, 0, epoch
+            best_score, stale, history.best_epoch = score, 0, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        if stale >= config.patience:
-            break
-        if config.time_limit is not None and time.perf_counter() - start > config.time_limit:
+        if stale >= config.patience or out_of_time:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    else:
+        history.best_epoch = len(history.losses)
     history.seconds = time.perf_counter() - start
     history.examples_per_second = seen_examples * world / max(history.train_seconds, 1e-9)
     model.set_graph(train_graph)  # the restored ``text`` buffer was refreshed with the restored tower
     return history
+
+
+def _validate(model: Recommender, validators: dict[str, Validator], history: TrainHistory, graph: HeteroData,
+              epoch: int, progress: bool, loss: float | None = None) -> float:
+    """Run every validator, record the scores, return their mean (the model keeps ``graph``)."""
+    model.eval()
+    scores = {}
+    for name, validate in validators.items():
+        scores[name] = float(validate(model))
+        history.valid.setdefault(name, []).append(scores[name])
+    model.set_graph(graph)
+    if progress:
+        parts = [f"loss {loss:.4f}"] if loss is not None else ["untrained"]
+        parts += [f"valid {name} {score:.4f}" for name, score in scores.items()]
+        tqdm.write(f"{model.name} epoch {epoch}: " + "  ".join(parts))
+    return sum(scores.values()) / len(scores)
 
 
 def _min_over_ranks(value: int, device: torch.device) -> int:

@@ -205,14 +205,14 @@ def train(
     from dataclasses import asdict
 
     from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.evaluation.recommendation import evaluate
+    from kgrec.evaluation.recommendation import evaluate, ndcg_validator
     from kgrec.fusion.distributed import barrier, init_distributed, shutdown
     from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.registry import MODEL_NAMES, ModelInputs, build_model
     from kgrec.fusion.train import TrainConfig, fit
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.kg.export import export_snapshot
     from kgrec.serving.artifact import save_artifact
-    from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
 
     if model not in MODEL_NAMES:
         raise typer.BadParameter(f"unknown model {model!r}; choose from {list(MODEL_NAMES)}", param_hint="--model")
@@ -234,9 +234,10 @@ def train(
                 text = encoder.encode(snapshot.product_text, cache=text_cache, progress=not as_json and rank == 0)
             barrier()
     torch_seed(seed)
-    net = build_model(model, snapshot, text, FusedConfig(graph_dim=graph_dim))
+    net = build_model(model, ModelInputs.from_snapshot(snapshot, text), FusedConfig(graph_dim=graph_dim))
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, device=device, seed=seed)
-    history = fit(net, snapshot, config, progress=not as_json and rank == 0)
+    history = fit(net, snapshot, config, progress=not as_json and rank == 0,
+                  validators={"rec": ndcg_validator(snapshot, "valid", max_history=config.max_history)})
     if rank != 0:
         shutdown()
         return
@@ -245,7 +246,7 @@ def train(
         "test": evaluate(net, snapshot, "test", (10, 20), config.max_history).metrics,
         "train_seconds": round(history.seconds, 2),
         "epochs": len(history.losses),
-        "best_epoch": history.best_epoch + 1,
+        "best_epoch": history.best_epoch,
         "world_size": world,
     }
     net.cpu()

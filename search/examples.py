@@ -15,49 +15,16 @@ Two sources of graded search examples, one format (:class:`~kgrec.fusion.data.Se
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from kgrec.evaluation.search import evaluate_search, model_scores
 from kgrec.fusion.data import RecBatch, SearchBatch, evaluation_examples, training_examples
 from kgrec.fusion.models import QUERY_EDGE, REV_QUERY_EDGE
 from kgrec.kg.export import GraphSnapshot
 from kgrec.kg.judgements import judgements_from_frame
-
-
-@dataclass
-class SearchTask:
-    """Graded search examples trained jointly with recommendation (:func:`kgrec.fusion.train.fit`).
-
-    Attributes:
-        train: the training examples.
-        valid: the validation examples (early stopping on their NDCG@10).
-        weight: weight of the search loss next to the recommendation loss (default 1.0).
-        batch_size: search examples per step (default 256).
-        protocol: ``"full"`` or ``"rerank"`` for validation (default ``"full"``).
-        exclude_history: drop each user's history from the ranking (personalised search).
-        graph: the message-passing graph to train with instead of the snapshot's (e.g.
-            :func:`search_graph`); None = the snapshot's train graph.
-    """
-
-    train: SearchBatch
-    valid: SearchBatch
-    weight: float = 1.0
-    batch_size: int = 256
-    protocol: str = "full"
-    exclude_history: bool = False
-    graph: HeteroData | None = None
-
-    def validate(self, model) -> float:
-        """Validation NDCG@10 of ``model`` (its current graph)."""
-        metrics = evaluate_search(model_scores(model), self.valid, ks=(10,), protocol=self.protocol,
-                                  exclude_history=self.exclude_history)
-        return metrics["ndcg@10"]
-
 
 # --------------------------------------------------------------------------- judged queries
 

@@ -150,6 +150,16 @@ class Scorer:
         return cls(load_artifact(path, device=device, verify=verify), text_model=text_model)
 
     @property
+    def serving_settings(self) -> dict[str, Any]:
+        """The settings saved with the artifact (``config.json``'s ``serving``)."""
+        return dict(self.artifact.config.get("serving", {}))
+
+    @property
+    def lexical_weight(self) -> float:
+        """The default BM25 weight of :meth:`search` (the artifact's; 0.0 when it has none)."""
+        return float(self.serving_settings.get("lexical_weight", 0.0))
+
+    @property
     def num_products(self) -> int:
         return len(self.product_ids)
 
@@ -416,15 +426,16 @@ class Scorer:
         filters: Mapping[str, Any] | None = None,
         session: Sequence[str] | None = None,
         user_weight: float | None = None,
-        lexical_weight: float = 0.0,
+        lexical_weight: float | None = None,
     ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """Products for a text query (or a list of queries), best first, by cosine.
 
         With ``user_id`` (and/or ``session``) the query vector leans towards that user
         (see the module docstring) by ``user_weight``: default the weight the model learned
         in search training (``search_user_weight``), 0.3 for a model never trained to search.
-        ``lexical_weight`` in [0, 1] mixes in BM25 over the product titles (default 0: the
-        model alone; hybrid search in the module docstring).
+        ``lexical_weight`` in [0, 1] mixes in BM25 over the product titles (hybrid search in the
+        module docstring; 0 = the model alone); default :attr:`lexical_weight`, the weight saved
+        in the artifact (chosen on validation queries when it was trained).
         Returns one list for a string, a list of lists for a list.
         """
         if user_weight is None:
@@ -435,6 +446,8 @@ class Scorer:
         if not queries or any(not q.strip() for q in queries):
             raise ValueError("search needs a non-empty query")
         k = _check_k(k)
+        if lexical_weight is None:
+            lexical_weight = self.lexical_weight
         if not 0.0 <= float(lexical_weight) <= 1.0:
             raise ValueError(f"lexical_weight must be in [0, 1], got {lexical_weight}")
         if not self._reads_text():

@@ -46,19 +46,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kgrec.fusion.models import (
-    FusedConfig,
-    FusedRecommender,
-    LightGCNRecommender,
-    MatrixFactorization,
-    Popularity,
-    Recommender,
-    TextZeroShot,
-)
+from kgrec.fusion.models import Recommender
+from kgrec.fusion.registry import MODELS, rebuild_model, saved_model
 from kgrec.kg.export import GraphSnapshot
 from kgrec.kg.schema import CATEGORY_SEPARATOR, check_identifier
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 SERVING = "serving.safetensors"
@@ -89,74 +82,6 @@ def kgrec_version() -> str:
         return version("kgrec")
     except Exception:
         return "0+unknown"
-
-
-# --------------------------------------------------------------------------- model registry
-
-
-def _init_args(model: Recommender) -> dict[str, Any]:
-    """Constructor sizes that are not in ``config_dict`` (saved under ``model.init``)."""
-    init: dict[str, Any] = {"num_users": model.num_users, "num_products": model.num_products}
-    if isinstance(model, FusedRecommender):
-        if model.config.use_text:
-            init["text_dim"] = int(model.text.shape[1])
-        if model.config.use_graph:
-            enc = model.graph
-            init["num_nodes"] = dict(enc.num_nodes)
-            init["edge_types"] = [list(e) for e in enc.edge_types]
-        if hasattr(model, "query_proj"):
-            init["query_dim"] = int(model.query_proj.in_features)
-        if model.feature_types:
-            init["node_feature_dims"] = {t: int(getattr(model, f"features_{t}").shape[1]) for t in model.feature_types}
-    elif isinstance(model, TextZeroShot):
-        init["text_dim"] = int(model.text.shape[1])
-    return init
-
-
-MODEL_CLASSES = {
-    cls.__name__: cls for cls in (FusedRecommender, MatrixFactorization, LightGCNRecommender, TextZeroShot, Popularity)
-}
-
-
-def build_from_config(
-    class_name: str,
-    config: dict[str, Any],
-    init: dict[str, Any],
-    text_features: torch.Tensor | None = None,
-) -> Recommender:
-    """Rebuild an (untrained) model from the ``model`` section of ``config.json``.
-
-    ``init`` holds the sizes; ``text_features`` (``[P, d_text]``) replaces the zeros the
-    text buffer starts from (weights are loaded over it anyway).
-    """
-    users, products = int(init["num_users"]), int(init["num_products"])
-
-    def text() -> torch.Tensor:
-        if text_features is not None:
-            return text_features
-        return torch.zeros(products, int(init["text_dim"]))
-
-    if class_name == "FusedRecommender":
-        cfg = FusedConfig(**config)
-        num_nodes = {k: int(v) for k, v in init["num_nodes"].items()} if cfg.use_graph else None
-        features = {t: torch.zeros(num_nodes[t], int(d)) for t, d in init.get("node_feature_dims", {}).items()}
-        return FusedRecommender(
-            users, products, cfg,
-            text_features=text() if cfg.use_text else None,
-            num_nodes=num_nodes,
-            edge_types=[tuple(e) for e in init["edge_types"]] if cfg.use_graph else None,
-            query_dim=init.get("query_dim"),
-            node_features=features or None,
-        )
-    if class_name == "MatrixFactorization":
-        return MatrixFactorization(users, products, **config)
-    if class_name == "LightGCNRecommender":
-        return LightGCNRecommender(users, products, **config)
-    if class_name == "TextZeroShot":
-        return TextZeroShot(users, text(), **config)
-    if class_name == "Popularity":
-        return Popularity(users, products)
-    raise ValueError(f"unknown model class {class_name!r}; known: {sorted(MODEL_CLASSES)}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -254,6 +179,7 @@ def save_artifact(
     products: pd.DataFrame | None = None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    serving: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` (trained on ``snapshot``) as an artifact folder at ``path``.
@@ -267,6 +193,8 @@ def save_artifact(
         max_history: history length the model was trained / evaluated with.
         products: optional store ``Product`` frame, for titles.
         metrics: written to ``metrics.json``. extra: stored under ``extra`` in config.json.
+        serving: settings :class:`~kgrec.serving.api.Scorer` serves with, chosen on validation
+            (``lexical_weight``, ``tasks`` ...), stored under ``serving`` in config.json.
         overwrite: replace an existing folder (otherwise FileExistsError).
 
     The folder is written to a temporary sibling and renamed into place.
@@ -278,8 +206,8 @@ def save_artifact(
             f"model has {model.num_users} users / {model.num_products} products, "
             f"snapshot {snapshot.num_users} / {snapshot.num_products}"
         )
-    if type(model).__name__ not in MODEL_CLASSES:
-        raise ValueError(f"cannot save a {type(model).__name__}; known: {sorted(MODEL_CLASSES)}")
+    if model.name not in MODELS:
+        raise ValueError(f"cannot save a model named {model.name!r}; registered: {list(MODELS)}")
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True)")
@@ -321,12 +249,8 @@ def save_artifact(
             "format_version": FORMAT_VERSION,
             "kgrec_version": kgrec_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model": {
-                "class": type(model).__name__,
-                "name": model.name,
-                "config": model.config_dict(),
-                "init": _init_args(model),
-            },
+            "model": saved_model(model),
+            "serving": dict(serving or {}),
             "max_history": int(max_history),
             "data": {
                 "fingerprint": snapshot.fingerprint(),
@@ -440,8 +364,11 @@ def _read_config(path: Path) -> dict:
         if key not in payload:
             raise ArtifactError(file, f"missing key {key!r}")
     model = payload["model"]
-    if not isinstance(model, dict) or model.get("class") not in MODEL_CLASSES:
-        raise ArtifactError(file, f"unknown model class {model.get('class') if isinstance(model, dict) else model!r}")
+    if not isinstance(model, dict) or model.get("name") not in MODELS:
+        raise ArtifactError(file, f"unknown model {model.get('name') if isinstance(model, dict) else model!r}; "
+                                  f"this kgrec knows {list(MODELS)}")
+    if not isinstance(payload.get("serving", {}), dict):
+        raise ArtifactError(file, "serving settings must be a JSON object")
     return payload
 
 
@@ -534,16 +461,15 @@ def load_artifact(
 
     model_cfg = payload["model"]
     try:
-        model = build_from_config(model_cfg["class"], model_cfg.get("config", {}), init)
+        model = rebuild_model(model_cfg)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ArtifactError(path / CONFIG, f"cannot rebuild {model_cfg['class']}: {exc}") from None
-    model.name = model_cfg.get("name", model.name)
+        raise ArtifactError(path / CONFIG, f"cannot rebuild model {model_cfg['name']!r}: {exc}") from None
     weights = _read_tensors(path / WEIGHTS)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise ArtifactError(path / WEIGHTS, f"tensors do not fit {model_cfg['class']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ArtifactError(path / WEIGHTS, f"tensors do not fit {model_cfg['name']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for key, tensor in expected.items():
         if tuple(weights[key].shape) != tuple(tensor.shape):
             raise ArtifactError(path / WEIGHTS, f"tensor {key!r} has shape {tuple(weights[key].shape)}, the model expects {tuple(tensor.shape)}")

@@ -34,13 +34,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kgrec.evaluation.recommendation import evaluate
+from kgrec.evaluation.recommendation import evaluate, ndcg_validator
 from kgrec.fusion.models import FusedRecommender, Recommender, TextZeroShot
+from kgrec.fusion.registry import rebuild_model
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.kg.export import GraphSnapshot, export_snapshot
 from kgrec.kg.schema import EVENT_TYPES
 from kgrec.kg.store import GraphStore
-from kgrec.serving.artifact import ArtifactError, build_from_config, load_artifact, save_artifact
+from kgrec.serving.artifact import ArtifactError, load_artifact, save_artifact
 
 INTERACTION_COLUMNS = ["user_id", "product_id", "event", "order"]
 
@@ -304,9 +305,7 @@ def continual_update(
         init = {**spec.get("init", {}), "num_users": snapshot.num_users, "num_products": snapshot.num_products}
         if "num_nodes" in init:
             init["num_nodes"] = snapshot.num_nodes
-        m = build_from_config(spec["class"], spec.get("config", {}), init, text_features=text)
-        m.name = spec.get("name", m.name)
-        return m
+        return rebuild_model({**spec, "init": init}, text_features=text)
 
     fresh_keys = set(zip(frame["user_id"], frame["product_id"], frame["order"]))
     test = snapshot.interactions[snapshot.interactions["split"] == "test"]
@@ -318,7 +317,8 @@ def continual_update(
     warm = warm_start(model, weights, artifact.id_maps, snapshot.id_maps)
     before = evaluate(model, snapshot, "test", config.ks, base.max_history)
     start = time.perf_counter()
-    history = fit(model, snapshot, tune, progress=progress)
+    validators = {"rec": ndcg_validator(snapshot, "valid", max_history=base.max_history)}
+    history = fit(model, snapshot, tune, progress=progress, validators=validators)
     update_seconds = time.perf_counter() - start
     after = evaluate(model, snapshot, "test", config.ks, base.max_history)
 
@@ -332,7 +332,7 @@ def continual_update(
         full_model = fresh_model()
         full_cfg = TrainConfig(**{**asdict(base), "epochs": config.full_epochs or (base.epochs if saved else 30)})
         start = time.perf_counter()
-        full_history = fit(full_model, snapshot, full_cfg, progress=progress)
+        full_history = fit(full_model, snapshot, full_cfg, progress=progress, validators=validators)
         report.full_seconds = round(time.perf_counter() - start, 3)
         full = evaluate(full_model, snapshot, "test", config.ks, base.max_history)
         report.full, report.full_updated, report.full_epochs = full.metrics, _subset(full, updated), len(full_history.losses)

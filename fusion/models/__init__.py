@@ -4,6 +4,7 @@ from kgrec.fusion.models.base import (
     QUERY_EDGE,
     REV_INTERACTION_EDGE,
     REV_QUERY_EDGE,
+    ModelInputs,
     Recommender,
     drop_pairs,
 )
@@ -14,7 +15,7 @@ from kgrec.fusion.models.popularity import Popularity
 from kgrec.fusion.models.text_zero_shot import TextZeroShot
 
 __all__ = [
-    "INTERACTION_EDGE", "QUERY_EDGE", "REV_INTERACTION_EDGE", "REV_QUERY_EDGE", "Recommender", "drop_pairs",
+    "INTERACTION_EDGE", "QUERY_EDGE", "REV_INTERACTION_EDGE", "REV_QUERY_EDGE", "ModelInputs", "Recommender", "drop_pairs",
     "FusedConfig", "FusedRecommender", "LightGCNRecommender", "MatrixFactorization", "bpr_loss", "Popularity",
     "TextZeroShot",
 ]

@@ -15,17 +15,66 @@ Graph models hide each batch's supervision edges from message passing in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 from torch_geometric.data import HeteroData
 
 from kgrec.fusion.data import RecBatch, SearchBatch
+from kgrec.kg.export import GraphSnapshot
 
 INTERACTION_EDGE = ("user", "interacted", "product")
 #: query -> product judgements in a search graph (:mod:`kgrec.search.examples`)
 QUERY_EDGE = ("query", "judged", "product")
 REV_QUERY_EDGE = ("product", "rev_judged", "query")
 REV_INTERACTION_EDGE = ("product", "rev_interacted", "user")
+
+EdgeType = tuple[str, str, str]
+
+
+@dataclass
+class ModelInputs:
+    """What a model is built from: sizes, the graph's schema and the frozen features.
+
+    Attributes:
+        num_users, num_products: sizes of the user and product id spaces.
+        num_nodes: node type -> count of the message-passing graph (graph models).
+        edge_types: the edge types of the message-passing graph (graph models).
+        text_features: ``[P, d_text]`` product text vectors (text models).
+        query_dim: text-vector size of queries (search with a model that has no text tower).
+        node_features: ``{type: [N_t, d]}`` input features of other node types (search graph queries).
+        text_tower: a trainable text encoder (:class:`kgrec.encoders.tuning.TunedTextEncoder`).
+        product_texts: ``[P]`` product strings the text tower reads.
+    """
+
+    num_users: int
+    num_products: int
+    num_nodes: dict[str, int] | None = None
+    edge_types: list[EdgeType] | None = None
+    text_features: torch.Tensor | None = None
+    query_dim: int | None = None
+    node_features: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    text_tower: nn.Module | None = field(default=None, repr=False)
+    product_texts: list[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_graph(cls, graph: HeteroData, num_users: int, num_products: int, **extra: Any) -> ModelInputs:
+        """Sizes and schema of a message-passing graph (node counts, edge types) plus ``extra``."""
+        num_nodes = {t: int(graph[t].num_nodes) for t in graph.node_types}
+        return cls(num_users, num_products, num_nodes=num_nodes, edge_types=[tuple(e) for e in graph.edge_types], **extra)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: GraphSnapshot, text_features: torch.Tensor | None = None, **extra: Any) -> ModelInputs:
+        """The inputs of a model of ``snapshot``'s training graph (``extra``: the other fields)."""
+        return cls.from_graph(snapshot.message_passing("train"), snapshot.num_users, snapshot.num_products,
+                              text_features=text_features, **extra)
+
+    def need_text(self, model: str) -> torch.Tensor:
+        if self.text_features is None:
+            raise ValueError(f"model {model!r} needs product text features")
+        return self.text_features
 
 
 def drop_pairs(
@@ -81,6 +130,25 @@ class Recommender(nn.Module):
     def config_dict(self) -> dict:
         """The typed config that rebuilds this model (saved in artifacts)."""
         return {}
+
+    def init_args(self) -> dict[str, Any]:
+        """JSON sizes that rebuild this model with :meth:`inputs_from_init` (saved in artifacts)."""
+        return {"num_users": self.num_users, "num_products": self.num_products}
+
+    @staticmethod
+    def inputs_from_init(init: dict[str, Any], text_features: torch.Tensor | None = None) -> ModelInputs:
+        """:class:`ModelInputs` from :meth:`init_args`; tensors are zeros of the saved shapes
+        (the weights are loaded over them) unless ``text_features`` is given."""
+        num_products = int(init["num_products"])
+        if text_features is None and "text_dim" in init:
+            text_features = torch.zeros(num_products, int(init["text_dim"]))
+        num_nodes = {k: int(v) for k, v in init["num_nodes"].items()} if "num_nodes" in init else None
+        features = {t: torch.zeros(num_nodes[t] if num_nodes else 0, int(d)) for t, d in init.get("node_feature_dims", {}).items()}
+        return ModelInputs(
+            int(init["num_users"]), num_products, num_nodes=num_nodes,
+            edge_types=[tuple(e) for e in init["edge_types"]] if "edge_types" in init else None,
+            text_features=text_features, query_dim=init.get("query_dim"), node_features=features or None,
+        )
 
     def loss(self, batch: RecBatch) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} is not trained")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,15 @@ from torch_geometric.data import HeteroData
 
 from kgrec.encoders.graph import HeteroGraphEncoder
 from kgrec.fusion.data import RecBatch, SearchBatch
-from kgrec.fusion.models.base import INTERACTION_EDGE, QUERY_EDGE, REV_INTERACTION_EDGE, REV_QUERY_EDGE, Recommender, drop_pairs
+from kgrec.fusion.models.base import (
+    INTERACTION_EDGE,
+    QUERY_EDGE,
+    REV_INTERACTION_EDGE,
+    REV_QUERY_EDGE,
+    ModelInputs,
+    Recommender,
+    drop_pairs,
+)
 
 
 @dataclass
@@ -175,8 +184,33 @@ class FusedRecommender(Recommender):
         self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
+    @classmethod
+    def build(cls, inputs: ModelInputs, config: FusedConfig) -> FusedRecommender:
+        return cls(
+            inputs.num_users, inputs.num_products, config,
+            text_features=inputs.need_text("fused") if config.use_text else None,
+            num_nodes=inputs.num_nodes if config.use_graph else None,
+            edge_types=inputs.edge_types if config.use_graph else None,
+            query_dim=inputs.query_dim,
+            node_features=inputs.node_features if config.use_graph else None,
+            text_tower=inputs.text_tower, product_texts=inputs.product_texts,
+        )
+
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+    def init_args(self) -> dict[str, Any]:
+        init = super().init_args()
+        if self.config.use_text:
+            init["text_dim"] = int(self.text.shape[1])
+        if self.config.use_graph:
+            init["num_nodes"] = dict(self.graph.num_nodes)
+            init["edge_types"] = [list(e) for e in self.graph.edge_types]
+        if hasattr(self, "query_proj"):
+            init["query_dim"] = int(self.query_proj.in_features)
+        if self.feature_types:
+            init["node_feature_dims"] = {t: int(getattr(self, f"features_{t}").shape[1]) for t in self.feature_types}
+        return init
 
     def set_graph(self, graph: HeteroData) -> None:
         super().set_graph(graph)

@@ -1,12 +1,23 @@
 """LightGCN over the user–product interactions, trained with BPR."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torch_geometric.data import HeteroData
 
 from kgrec.encoders.graph import LightGCNEncoder
-from kgrec.fusion.models.base import INTERACTION_EDGE
+from kgrec.fusion.models.base import INTERACTION_EDGE, ModelInputs
 from kgrec.fusion.models.mf import MatrixFactorization
+
+
+@dataclass
+class LightGCNConfig:
+    """:class:`LightGCNRecommender` settings."""
+
+    dim: int = 64
+    num_layers: int = 3
+    weight_decay: float = 1e-4
 
 
 class LightGCNRecommender(MatrixFactorization):
@@ -20,6 +31,10 @@ class LightGCNRecommender(MatrixFactorization):
         self.num_layers = num_layers
         self.encoder = LightGCNEncoder(num_users, num_products, dim, num_layers)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def build(cls, inputs: ModelInputs, config: LightGCNConfig) -> LightGCNRecommender:  # type: ignore[override]
+        return cls(inputs.num_users, inputs.num_products, **asdict(config))
 
     def config_dict(self) -> dict:
         return {"dim": self.dim, "num_layers": self.num_layers, "weight_decay": self.weight_decay}

@@ -1,12 +1,22 @@
 """Matrix factorisation trained with BPR."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kgrec.fusion.data import RecBatch
-from kgrec.fusion.models.base import Recommender
+from kgrec.fusion.models.base import ModelInputs, Recommender
+
+
+@dataclass
+class MFConfig:
+    """:class:`MatrixFactorization` settings: embedding size, L2 on the batch's embeddings."""
+
+    dim: int = 64
+    weight_decay: float = 1e-4
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -30,6 +40,10 @@ class MatrixFactorization(Recommender):
         self.products = nn.Embedding(num_products, dim)
         nn.init.normal_(self.users.weight, std=0.1)
         nn.init.normal_(self.products.weight, std=0.1)
+
+    @classmethod
+    def build(cls, inputs: ModelInputs, config: MFConfig) -> MatrixFactorization:
+        return cls(inputs.num_users, inputs.num_products, **asdict(config))
 
     def config_dict(self) -> dict:
         return {"dim": self.dim, "weight_decay": self.weight_decay}

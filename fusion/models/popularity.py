@@ -1,11 +1,18 @@
 """Popularity: the non-personalised floor."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch_geometric.data import HeteroData
 
 from kgrec.fusion.data import RecBatch
-from kgrec.fusion.models.base import INTERACTION_EDGE, Recommender
+from kgrec.fusion.models.base import INTERACTION_EDGE, ModelInputs, Recommender
+
+
+@dataclass
+class PopularityConfig:
+    """:class:`Popularity` has no settings."""
 
 
 class Popularity(Recommender):
@@ -16,6 +23,10 @@ class Popularity(Recommender):
     def __init__(self, num_users: int, num_products: int) -> None:
         super().__init__(num_users, num_products)
         self.register_buffer("counts", torch.zeros(num_products))
+
+    @classmethod
+    def build(cls, inputs: ModelInputs, config: PopularityConfig) -> Popularity:
+        return cls(inputs.num_users, inputs.num_products)
 
     def set_graph(self, graph: HeteroData) -> None:
         super().set_graph(graph)

@@ -1,11 +1,21 @@
 """The untrained text baseline: users are recency-weighted means of their products' text vectors."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from kgrec.fusion.data import RecBatch
-from kgrec.fusion.models.base import Recommender
+from kgrec.fusion.models.base import ModelInputs, Recommender
+
+
+@dataclass
+class TextZeroShotConfig:
+    """:class:`TextZeroShot` settings: weight ratio between consecutive history items."""
+
+    decay: float = 0.7
 
 
 class TextZeroShot(Recommender):
@@ -35,8 +45,15 @@ class TextZeroShot(Recommender):
     def product_embeddings(self) -> torch.Tensor:
         return self.text
 
+    @classmethod
+    def build(cls, inputs: ModelInputs, config: TextZeroShotConfig) -> TextZeroShot:
+        return cls(inputs.num_users, inputs.need_text(cls.name), config.decay)
+
     def config_dict(self) -> dict:
         return {"decay": self.decay}
+
+    def init_args(self) -> dict[str, Any]:
+        return {**super().init_args(), "text_dim": int(self.text.shape[1])}
 
     def serving_users(self, state: dict[str, torch.Tensor], batch: RecBatch) -> torch.Tensor:
         text = state["products"]

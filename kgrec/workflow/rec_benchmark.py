@@ -15,21 +15,11 @@ from pathlib import Path
 
 import torch
 
-from kgrec.evaluation.recommendation import evaluate
-from kgrec.fusion.models import (
-    FusedConfig,
-    FusedRecommender,
-    LightGCNRecommender,
-    MatrixFactorization,
-    Popularity,
-    Recommender,
-    TextZeroShot,
-)
+from kgrec.evaluation.recommendation import evaluate, ndcg_validator
+from kgrec.fusion.models import FusedConfig, ModelInputs, Recommender
+from kgrec.fusion.registry import BPR_TRAINING, MODEL_NAMES, MODELS, SOFTMAX_TRAINING, build_model
 from kgrec.fusion.train import TrainConfig, TrainHistory, fit
 from kgrec.kg.export import GraphSnapshot
-
-#: Models in the order of the results table; ``fused`` last.
-MODEL_NAMES = ("popularity", "mf-bpr", "lightgcn", "text-zero-shot", "text-only", "graph-only", "fused")
 
 
 @dataclass
@@ -45,8 +35,8 @@ class BenchmarkConfig:
     """
 
     models: tuple[str, ...] = MODEL_NAMES
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=2048, lr=3e-3, patience=2))
-    bpr_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=4096, lr=1e-2, patience=3))
+    train: TrainConfig = field(default_factory=lambda: replace(SOFTMAX_TRAINING))
+    bpr_train: TrainConfig = field(default_factory=lambda: replace(BPR_TRAINING))
     fused: FusedConfig = field(default_factory=FusedConfig)
     ks: tuple[int, ...] = (10, 20)
 
@@ -70,37 +60,6 @@ class ModelResult:
     config: dict
 
 
-def build_model(name: str, snapshot: GraphSnapshot, text_features: torch.Tensor | None, fused: FusedConfig) -> Recommender:
-    """Instantiate a model of :data:`MODEL_NAMES` for ``snapshot``."""
-    users, products = snapshot.num_users, snapshot.num_products
-    edge_types = list(snapshot.message_passing("train").edge_types)
-    if name == "popularity":
-        return Popularity(users, products)
-    if name == "mf-bpr":
-        return MatrixFactorization(users, products)
-    if name == "lightgcn":
-        return LightGCNRecommender(users, products)
-    if name == "text-zero-shot":
-        return TextZeroShot(users, _need_text(text_features, name), fused.recency_decay)
-    variants = {"text-only": (True, False), "graph-only": (False, True), "fused": (True, True)}
-    if name in variants:
-        use_text, use_graph = variants[name]
-        model = FusedRecommender(
-            users, products, replace(fused, use_text=use_text, use_graph=use_graph),
-            text_features=_need_text(text_features, name) if use_text else None,
-            num_nodes=snapshot.num_nodes, edge_types=edge_types,
-        )
-        model.name = name
-        return model
-    raise ValueError(f"unknown model {name!r}; choose from {list(MODEL_NAMES)}")
-
-
-def _need_text(text_features: torch.Tensor | None, name: str) -> torch.Tensor:
-    if text_features is None:
-        raise ValueError(f"model {name!r} needs product text features")
-    return text_features
-
-
 def run_benchmark(
     snapshot: GraphSnapshot,
     text_features: torch.Tensor | None,
@@ -118,9 +77,10 @@ def run_benchmark(
     """
     results = []
     for name in config.models:
-        model = build_model(name, snapshot, text_features, config.fused)
-        train_cfg = config.bpr_train if name in ("mf-bpr", "lightgcn") else config.train
-        history = fit(model, snapshot, train_cfg, progress=progress)
+        model = build_model(name, ModelInputs.from_snapshot(snapshot, text_features), config.fused)
+        train_cfg = config.bpr_train if MODELS[name].training is BPR_TRAINING else config.train
+        validators = {"rec": ndcg_validator(snapshot, "valid", max_history=train_cfg.max_history)}
+        history = fit(model, snapshot, train_cfg, progress=progress, validators=validators)
         valid = evaluate(model, snapshot, "valid", config.ks, train_cfg.max_history).metrics
         if evaluate_test is None:
             test = evaluate(model, snapshot, "test", config.ks, train_cfg.max_history).metrics
@@ -133,7 +93,7 @@ def run_benchmark(
                 test=test,
                 train_seconds=round(history.seconds, 1),
                 epochs=len(history.losses),
-                best_epoch=history.best_epoch + 1,
+                best_epoch=history.best_epoch,
                 parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 config={"model": model.config_dict(), "train": asdict(train_cfg)},
             )

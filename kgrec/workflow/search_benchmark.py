@@ -20,16 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kgrec.evaluation.search import evaluate_search, model_scores
+from kgrec.evaluation.recommendation import ndcg_validator
+from kgrec.evaluation.search import evaluate_search, model_scores, search_validator
 from kgrec.evaluation.search import search_metrics_per_query as evaluate_search_per_query
 from kgrec.evaluation.search_metrics import mean_search_metrics
 from kgrec.evaluation.significance import paired_test
 from kgrec.fusion.data import SearchBatch
 from kgrec.fusion.models import FusedConfig, FusedRecommender
-from kgrec.fusion.train import TrainConfig, fit
+from kgrec.fusion.train import SearchTask, TrainConfig, fit
 from kgrec.kg.export import GraphSnapshot
 from kgrec.kg.judgements import query_disjoint_split
-from kgrec.search.examples import SearchTask, judged_examples, search_graph
+from kgrec.search.examples import judged_examples, search_graph
 from kgrec.search.hybrid import HybridSearch, choose_lexical_weight, mix
 
 #: Baselines and fused variants, in table order (``fused`` runs once per tuning mode;
@@ -248,8 +249,9 @@ def run_search_benchmark(
                 if tower is not None and tower.trainable:
                     batch_size = config.tuned_batch_size or batch_size
                     train_config = replace(train_config, epochs=config.tuned_epochs or train_config.epochs)
-                task = SearchTask(train=train, valid=valid, batch_size=batch_size, graph=graph)
-                history = fit(model, snapshot, train_config, progress=progress, search=task)
+                task = SearchTask(train=train, batch_size=batch_size, graph=graph)
+                history = fit(model, snapshot, train_config, progress=progress, search=task,
+                              validators={"search": search_validator(valid)})
                 model.eval()
                 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 extra = {"config": asdict(fused_cfg), "batch_size": batch_size,
@@ -259,7 +261,7 @@ def run_search_benchmark(
                 test_metrics = score(test_scores, extra)
                 if tower is not None:
                     extra["text_tower"] = {**tower.parameter_counts(), "lr": tower.config.learning_rate()}
-                best = history.valid_search_ndcg[history.best_epoch] if history.best_epoch >= 0 else None
+                best = history.best("search")
                 results.append(SearchResult(model.name, mode, test_metrics, best, round(history.seconds, 1),
                                             trainable, len(history.losses), extra))
                 if progress:
@@ -421,12 +423,14 @@ def run_personalized_search(
     edge_types = list(snapshot.message_passing("train").edge_types)
     rec_metrics = {}
     for label, task in (("fused (rec only)", None),
-                        ("fused (multi-task)", SearchTask(train=examples["train"], valid=examples["valid"],
-                                                          batch_size=search_batch_size, exclude_history=True))):
+                        ("fused (multi-task)", SearchTask(train=examples["train"], batch_size=search_batch_size))):
         torch.manual_seed(train.seed)
         model = FusedRecommender(snapshot.num_users, snapshot.num_products, fused, text_features=product_vectors,
                                  num_nodes=snapshot.num_nodes, edge_types=edge_types)
-        history = fit(model, snapshot, train, progress=progress, search=task)
+        validators = {"rec": ndcg_validator(snapshot, "valid", max_history=train.max_history)}
+        if task is not None:
+            validators["search"] = search_validator(examples["valid"], exclude_history=True)
+        history = fit(model, snapshot, train, progress=progress, search=task, validators=validators)
         model.eval()
         rec_metrics[label] = {s: evaluate(model, snapshot, s, (10,), hist).metrics["ndcg@10"] for s in ("valid", "test")}
         model.set_graph(snapshot.message_passing("test"))  # what a test-time search sees
@@ -437,7 +441,7 @@ def run_personalized_search(
             results.append(SearchResult(label, "frozen", score(model_scores(model)), None, round(history.seconds, 1),
                                         trainable, len(history.losses)))
         else:
-            valid = history.valid_search_ndcg[history.best_epoch] if history.best_epoch >= 0 else None
+            valid = history.best("search")
             for suffix, batch in (("anonymous", anonymous(test)), ("personalised", test)):
                 results.append(SearchResult(f"fused (multi-task, {suffix})", "frozen", score(model_scores(model), batch),
                                             valid, round(history.seconds, 1), trainable, len(history.losses),

@@ -168,17 +168,18 @@ def test_set_graph_switches_the_sampled_graph(tiny_snapshot, graph, examples):
 def test_fit_trains_with_neighbour_sampling(tiny_snapshot):
     """The trainer's ``neighbor_sampling`` option runs SampledFusedLoss end to end."""
     from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.registry import ModelInputs, build_model
     from kgrec.fusion.train import TrainConfig, fit
-    from kgrec.workflow.rec_benchmark import build_model
 
     text = torch.randn(tiny_snapshot.num_products, 16, generator=torch.Generator().manual_seed(0))
-    model = build_model("fused", tiny_snapshot, text, FusedConfig(graph_dim=8, max_history=5))
+    model = build_model("fused", ModelInputs.from_snapshot(tiny_snapshot, text), FusedConfig(graph_dim=8, max_history=5))
     history = fit(model, tiny_snapshot, TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=4, max_history=5,
                                                      neighbor_sampling=(5, 5), num_negatives=8), progress=False)
     assert len(history.losses) == 4 and history.losses[-1] < history.losses[0]
-    from kgrec.search.examples import SearchTask, category_path_examples
+    from kgrec.fusion.train import SearchTask
+    from kgrec.search.examples import category_path_examples
 
     examples = category_path_examples(tiny_snapshot, "valid", ["q"] * tiny_snapshot.num_products, text, 5)
     with pytest.raises(ValueError, match="one process"):
         fit(model, tiny_snapshot, TrainConfig(epochs=1, neighbor_sampling=(5, 5)), progress=False,
-            search=SearchTask(train=examples, valid=examples))
+            search=SearchTask(train=examples))

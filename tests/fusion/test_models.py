@@ -4,8 +4,8 @@ import torch
 from kgrec.evaluation.recommendation import evaluate
 from kgrec.fusion.data import evaluation_examples, training_examples
 from kgrec.fusion.models import FusedConfig, FusedRecommender, Recommender, TextZeroShot
+from kgrec.fusion.registry import MODEL_NAMES, ModelInputs, build_model
 from kgrec.fusion.train import TrainConfig, fit
-from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def text_features(tiny_snapshot):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_contract(name, tiny_snapshot, text_features):
-    model = build_model(name, tiny_snapshot, text_features, FusedConfig(graph_dim=8))
+    model = build_model(name, ModelInputs.from_snapshot(tiny_snapshot, text_features), FusedConfig(graph_dim=8))
     model.set_graph(tiny_snapshot.message_passing("train"))
     batch = training_examples(tiny_snapshot, max_history=5)[:7]
     model.eval()
@@ -32,7 +32,7 @@ def test_contract(name, tiny_snapshot, text_features):
 
 
 def test_training_lowers_the_loss(tiny_snapshot, text_features):
-    model = build_model("fused", tiny_snapshot, text_features, FusedConfig(graph_dim=8))
+    model = build_model("fused", ModelInputs.from_snapshot(tiny_snapshot, text_features), FusedConfig(graph_dim=8))
     batch = training_examples(tiny_snapshot, max_history=5)
     model.set_graph(tiny_snapshot.message_passing("train"))
     model.train()
@@ -42,7 +42,21 @@ def test_training_lowers_the_loss(tiny_snapshot, text_features):
     model.train()
     torch.manual_seed(0)
     assert history.losses[-1] < history.losses[0] and float(model.loss(batch)) < before
-    assert len(history.valid_ndcg) == 15 and 0 <= history.best_epoch < 15
+    assert history.valid == {} and history.best_epoch == 15  # no validators: every epoch, the last weights
+
+
+def test_validation_keeps_the_best_weights_and_counts_the_untrained_start(tiny_snapshot, text_features):
+    from kgrec.evaluation.recommendation import evaluate, ndcg_validator
+
+    model = build_model("fused", ModelInputs.from_snapshot(tiny_snapshot, text_features), FusedConfig(graph_dim=8))
+    validate = ndcg_validator(tiny_snapshot, "valid", max_history=5)
+    history = fit(model, tiny_snapshot, TrainConfig(epochs=6, batch_size=64, lr=1e-2, patience=100, max_history=5),
+                  progress=False, validators={"rec": validate})
+    scores = history.valid_ndcg
+    assert len(scores) == 7  # the untrained model, then every epoch
+    assert history.best_epoch == max(range(7), key=lambda i: (scores[i], -i))
+    assert scores[history.best_epoch] >= scores[0]
+    assert evaluate(model, tiny_snapshot, "valid", (10,), 5).metrics["ndcg@10"] == pytest.approx(max(scores))
 
 
 @pytest.mark.parametrize("use_graph, gate_bias", [(False, 3.0), (True, 3.0), (True, 0.0)])
@@ -60,7 +74,7 @@ def test_untrained_model_ranks_like_zero_shot(tiny_snapshot, text_features, use_
 
 
 def test_supervision_edges_are_hidden_in_training(tiny_snapshot, text_features):
-    model = build_model("graph-only", tiny_snapshot, None, FusedConfig(graph_dim=8))
+    model = build_model("graph-only", ModelInputs.from_snapshot(tiny_snapshot, None), FusedConfig(graph_dim=8))
     model.set_graph(tiny_snapshot.message_passing("train"))
     full = model.edge_index_dict[("user", "interacted", "product")]
     batch = training_examples(tiny_snapshot)[:5]

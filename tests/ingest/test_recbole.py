@@ -53,8 +53,8 @@ def test_recbole_header():
 def test_recbole_kg_to_typed_edges_and_training(tmp_path):
     from kgrec.evaluation.recommendation import evaluate
     from kgrec.fusion.models import FusedConfig
+    from kgrec.fusion.registry import ModelInputs, build_model
     from kgrec.fusion.train import TrainConfig, fit
-    from kgrec.workflow.rec_benchmark import build_model
 
     wrote = write_recbole(tmp_path / "toy")
     found = discover([tmp_path / "toy"])
@@ -92,7 +92,7 @@ def test_recbole_kg_to_typed_edges_and_training(tmp_path):
     # the fused model trains and evaluates on it, messages flowing through the KG relations
     torch.manual_seed(0)
     text = torch.randn(snapshot.num_products, 16)
-    model = build_model("fused", snapshot, text, FusedConfig(graph_dim=16, gnn_layers=2))
+    model = build_model("fused", ModelInputs.from_snapshot(snapshot, text), FusedConfig(graph_dim=16, gnn_layers=2))
     assert ("entity", "starring", "entity") in model.graph.edge_types
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: OpenMP threads only contend on a shared CPU

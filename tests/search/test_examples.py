@@ -4,12 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kgrec.evaluation.search import evaluate_search, model_scores
+from kgrec.evaluation.recommendation import ndcg_validator
+from kgrec.evaluation.search import evaluate_search, model_scores, search_validator
 from kgrec.fusion.data import SearchBatch
 from kgrec.fusion.models import QUERY_EDGE, REV_QUERY_EDGE, FusedConfig, FusedRecommender, drop_pairs
-from kgrec.fusion.train import TrainConfig, fit
-from kgrec.search.examples import SearchTask, anonymous, category_path_examples, category_query, judged_examples, search_graph
-from kgrec.workflow.rec_benchmark import build_model
+from kgrec.fusion.registry import ModelInputs, build_model
+from kgrec.fusion.train import SearchTask, TrainConfig, fit
+from kgrec.search.examples import anonymous, category_path_examples, category_query, judged_examples, search_graph
 
 D = 16
 
@@ -30,7 +31,7 @@ def personal(tiny_snapshot, text_features):
 
 
 def _fused(snapshot, text, **kw):
-    return build_model("fused", snapshot, text, FusedConfig(graph_dim=8, max_history=5, **kw))
+    return build_model("fused", ModelInputs.from_snapshot(snapshot, text), FusedConfig(graph_dim=8, max_history=5, **kw))
 
 
 def test_category_query_drops_the_root():
@@ -77,11 +78,14 @@ def test_untrained_search_is_text_cosine_and_personalisation_starts_off(tiny_sna
 
 def test_multitask_training_learns_search_and_keeps_one_product_tower(tiny_snapshot, text_features, personal):
     model = _fused(tiny_snapshot, text_features)
-    task = SearchTask(train=personal["train"], valid=personal["valid"], batch_size=16, exclude_history=True)
+    task = SearchTask(train=personal["train"], batch_size=16)
     model.set_graph(tiny_snapshot.message_passing("train"))
     before = evaluate_search(model_scores(model), personal["train"], protocol="full")["ndcg@10"]
-    history = fit(model, tiny_snapshot, TrainConfig(epochs=15, batch_size=16, lr=1e-2, patience=15, max_history=5), progress=False, search=task)
-    assert len(history.valid_search_ndcg) == len(history.losses) == len(history.valid_ndcg)
+    validators = {"rec": ndcg_validator(tiny_snapshot, "valid", max_history=5),
+                  "search": search_validator(personal["valid"], exclude_history=True)}
+    history = fit(model, tiny_snapshot, TrainConfig(epochs=15, batch_size=16, lr=1e-2, patience=15, max_history=5),
+                  progress=False, search=task, validators=validators)
+    assert len(history.valid_search_ndcg) == len(history.losses) + 1 == len(history.valid_ndcg)
     assert history.losses[-1] < history.losses[0]
     after = evaluate_search(model_scores(model), personal["train"], protocol="full")["ndcg@10"]
     assert after > before
@@ -169,7 +173,7 @@ def test_search_model_round_trips_through_an_artifact(tiny_snapshot, tiny_bert_d
     qvec = encoder.encode(queries)
     batch = SearchBatch(qvec, torch.tensor([[0], [7], [13]]), torch.ones(3, 1), torch.full((3,), -1),
                         torch.full((3, 5), -1), torch.full((3,), -1), queries)
-    task = SearchTask(train=batch, valid=batch, batch_size=3)
+    task = SearchTask(train=batch, batch_size=3)
     fit(model, tiny_snapshot, TrainConfig(epochs=2, batch_size=16, lr=1e-2, patience=5, max_history=5), progress=False, search=task)
     if tower is not None:
         assert any(not torch.equal(a, b) for a, b in zip(tower.tuned_state_dict().values(),

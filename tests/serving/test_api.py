@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from kgrec.fusion.data import RecBatch
 from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.registry import ModelInputs, build_model
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.serving.api import Scorer
 from kgrec.serving.artifact import save_artifact
-from kgrec.workflow.rec_benchmark import build_model
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def encoder(tiny_bert_dir):
 
 def _scorer(name, snapshot, store, encoder, directory):
     text = encoder.encode(snapshot.product_text)
-    model = build_model(name, snapshot, text, FusedConfig(graph_dim=8))
+    model = build_model(name, ModelInputs.from_snapshot(snapshot, text), FusedConfig(graph_dim=8))
     fit(model, snapshot, TrainConfig(epochs=2, batch_size=32, lr=1e-2, device="cpu"), progress=False)
     save_artifact(model, snapshot, directory / name, text_encoder=encoder, products=store.nodes("Product"))
     return Scorer.load(directory / name)

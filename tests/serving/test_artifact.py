@@ -10,6 +10,7 @@ import torch
 
 from kgrec.fusion.data import evaluation_examples
 from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.registry import MODEL_NAMES, ModelInputs, build_model
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.serving.api import Scorer
 from kgrec.serving.artifact import (
@@ -21,7 +22,6 @@ from kgrec.serving.artifact import (
     load_artifact,
     save_artifact,
 )
-from kgrec.workflow.rec_benchmark import MODEL_NAMES, build_model
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def text_features(encoder, tiny_snapshot):
 
 
 def _trained(name, snapshot, text):
-    model = build_model(name, snapshot, text, FusedConfig(graph_dim=8))
+    model = build_model(name, ModelInputs.from_snapshot(snapshot, text), FusedConfig(graph_dim=8))
     fit(model, snapshot, TrainConfig(epochs=2, batch_size=32, lr=1e-2, device="cpu"), progress=False)
     return model
 

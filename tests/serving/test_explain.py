@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.registry import ModelInputs, build_model
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.kg.schema import NODE_TYPES, REL_TYPES
 from kgrec.serving.api import Scorer
 from kgrec.serving.artifact import save_artifact
 from kgrec.serving.explain import SESSION
-from kgrec.workflow.rec_benchmark import build_model
 
 LINT = Path(__file__).resolve().parents[2] / "tools" / "cypher-lint"
 
@@ -24,7 +24,7 @@ LINT = Path(__file__).resolve().parents[2] / "tools" / "cypher-lint"
 @pytest.fixture(scope="module")
 def scorer(tiny_snapshot, tiny_store, tmp_path_factory):
     text = torch.randn(tiny_snapshot.num_products, 16, generator=torch.Generator().manual_seed(0))
-    model = build_model("fused", tiny_snapshot, text, FusedConfig(graph_dim=8))
+    model = build_model("fused", ModelInputs.from_snapshot(tiny_snapshot, text), FusedConfig(graph_dim=8))
     fit(model, tiny_snapshot, TrainConfig(epochs=2, batch_size=32, lr=1e-2, device="cpu"), progress=False)
     path = save_artifact(model, tiny_snapshot, tmp_path_factory.mktemp("explain") / "fused", products=tiny_store.nodes("Product"))
     return Scorer.load(path)

@@ -3,18 +3,18 @@ import pytest
 import torch
 
 from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.registry import ModelInputs, build_model
 from kgrec.fusion.train import TrainConfig, fit
 from kgrec.ingest.load import load_tables
 from kgrec.serving.api import Scorer
 from kgrec.serving.artifact import save_artifact
 from kgrec.serving.writeback import recommendation_frame, write_back
-from kgrec.workflow.rec_benchmark import build_model
 
 
 @pytest.fixture(scope="module")
 def scorer(tiny_snapshot, tiny_store, tmp_path_factory):
     text = torch.randn(tiny_snapshot.num_products, 8, generator=torch.Generator().manual_seed(0))
-    model = build_model("text-only", tiny_snapshot, text, FusedConfig(graph_dim=8))
+    model = build_model("text-only", ModelInputs.from_snapshot(tiny_snapshot, text), FusedConfig(graph_dim=8))
     fit(model, tiny_snapshot, TrainConfig(epochs=1, batch_size=32, device="cpu"), progress=False)
     path = save_artifact(model, tiny_snapshot, tmp_path_factory.mktemp("wb") / "a", products=tiny_store.nodes("Product"))
     return Scorer.load(path)
