@@ -592,7 +592,7 @@ def _recommendation_sections(doc: Document, payload: dict, frame: pd.DataFrame |
         full = frame[frame["protocol"] == "full"]
         depth = int(min(CURVE_DEPTH, full["num_candidates"].min()))
         positions = {m: full.loc[full["model"] == m, "position"].to_numpy() for m in models}
-        doc.heading("Metric@K, K = 1..%d" % depth)
+        doc.heading(f"Metric@K, K = 1..{depth}")
         doc.figure(plot_metric_curves(positions, figures / "metric_at_k.png", depth), "NDCG@K and Recall@K on the test split")
     histories = payload.get("histories", {})
     if histories:
