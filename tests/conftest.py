@@ -14,11 +14,28 @@ Where the Neo4j store's server comes from, in order:
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import neo4j
 import pytest
 
-TINY_WORDS = ["the", "a", "an", "and", "or", "of", "for", "with", "to", "in", "on", "red", "blue", "green", "black", "white", "small", "large", "cordless", "drill", "battery", "powered", "electric", "hammer", "screwdriver", "saw", "wrench", "nitrile", "latex", "gloves", "safety", "glasses", "boots", "helmet", "paint", "brush", "roller", "tape", "measure", "ladder", "steel", "wood", "plastic", "metal", "set", "kit", "pack", "box", "pro", "tool", "tools", "power", "hand", "garden", "hose", "light", "lamp", "led", "cable", "charger", "volt"]
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.neo4j_store import ENV_URI, Neo4jConfig, Neo4jStore
+
+TINY_WORDS = (
+    "the a an and or of for with to in on red blue green black white small large "
+    "cordless drill battery powered electric hammer screwdriver saw wrench nitrile "
+    "latex gloves safety glasses boots helmet paint brush roller tape measure ladder "
+    "steel wood plastic metal set kit pack box pro tool tools power hand garden hose "
+    "light lamp led cable charger volt"
+).split()
 TINY_SUBWORDS = ("##s", "##er", "##ing", "##ed", "##ly", "##es")
 TINY_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -185,21 +202,6 @@ def tiny_snapshot(tiny_store):
 
 
 # --------------------------------------------------------------------------- stores
-
-
-import contextlib
-import importlib.util
-import os
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
-
-import neo4j
-import pytest
-
-from kgrec.kg.embedded import EmbeddedStore
-from kgrec.kg.neo4j_store import ENV_URI, Neo4jConfig, Neo4jStore
 
 
 def _load_bolt_server():
