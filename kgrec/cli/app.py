@@ -29,7 +29,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     from kgrec.kg.neo4j_store import Neo4jConfigError
 
-    return (ValueError, OSError, UnicodeError, Neo4jConfigError, neo4j.exceptions.ServiceUnavailable,
+    return (ValueError, OSError, UnicodeError, LookupError, Neo4jConfigError, neo4j.exceptions.ServiceUnavailable,
             neo4j.exceptions.AuthError, neo4j.exceptions.ClientError)
 
 

@@ -14,14 +14,16 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, highlight=False)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def plain(text: Any) -> str:
+def plain(text: Any, lines: bool = False) -> str:
     """``text`` safe for a terminal: control characters (ESC sequences, carriage returns, ...) as
     ``\\xNN`` escapes and text that is not valid Unicode (e.g. undecodable bytes from argv) as
-    backslash escapes — catalogue text never moves the cursor or clears the screen."""
+    backslash escapes — catalogue text never moves the cursor or clears the screen. ``lines``
+    keeps newlines and tabs (multi-line messages)."""
     text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def safe(text: Any) -> str:
@@ -31,11 +33,11 @@ def safe(text: Any) -> str:
 
 def error(message: Any) -> None:
     """Print one error line to stderr (no markup is interpreted in ``message``)."""
-    errors.print(f"[red]error:[/red] {safe(message)}", soft_wrap=True)
+    errors.print(f"[red]error:[/red] {escape(plain(message, lines=True))}", soft_wrap=True)
 
 
 def warn(message: Any) -> None:
-    errors.print(f"[yellow]warning:[/yellow] {safe(message)}", soft_wrap=True)
+    errors.print(f"[yellow]warning:[/yellow] {escape(plain(message, lines=True))}", soft_wrap=True)
 
 
 def print_json(payload: Any) -> None:

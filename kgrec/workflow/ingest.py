@@ -68,11 +68,16 @@ def ingest_files(
     options = options or IngestOptions()
     if not options.chunk_mb > 0 or options.chunk_mb != options.chunk_mb or options.chunk_mb > 4096:
         raise WorkflowError(f"--chunk-mb must be a number in (0, 4096], got {options.chunk_mb}")
+    import yaml
+
     try:
         mapping = load_mapping(options.config) if options.config is not None else MappingConfig()
+    except (ValueError, OSError, LookupError, yaml.YAMLError) as exc:
+        raise WorkflowError(f"mapping config {options.config}: {exc}") from None
+    try:
         apply_map_args(mapping, list(options.maps))
         found = discover([Path(p) for p in paths], mapping, dict(options.kinds))
-    except (ValueError, SourceError, OSError) as exc:
+    except (ValueError, SourceError, OSError, LookupError) as exc:
         raise WorkflowError(str(exc)) from None
     if not found.sources:
         raise WorkflowError("no input files found in " + ", ".join(str(p) for p in paths)

@@ -34,12 +34,20 @@ def open_store(spec: str | os.PathLike[str], *, create: bool = False) -> GraphSt
             False), or a Neo4j configuration that is incomplete.
     """
     if is_neo4j(spec):
+        import neo4j.exceptions
+
         from kgrec.kg.neo4j_store import Neo4jConfigError, Neo4jStore
 
         try:
-            return Neo4jStore()
+            store = Neo4jStore()
         except Neo4jConfigError as exc:
             raise WorkflowError(f"--store neo4j: {exc}") from None
+        try:
+            store.check_connection()
+        except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.AuthError, OSError) as exc:
+            store.close()
+            raise WorkflowError(f"cannot reach Neo4j at {store.config.uri}: {exc}") from None
+        return store
     from kgrec.kg.embedded import EmbeddedStore
 
     path = Path(spec)
