@@ -10,7 +10,7 @@ import typer
 from kgrec.cli.app import command, quiet_transformers, show_progress, split_list, tasks_option
 from kgrec.cli.ingest import ProgressBars, print_ingest_report
 from kgrec.cli.output import console, number, print_json, safe, table
-from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.models import FusedConfig, FusedRecommender
 from kgrec.fusion.registry import BPR_TRAINING, MODEL_NAMES, SOFTMAX_TRAINING
 from kgrec.workflow.data import SplitConfig
 from kgrec.workflow.evaluate import SEARCH_BASELINES, EvaluateConfig, Evaluation, evaluate_store
@@ -175,13 +175,14 @@ def train(
     entry = spec(model)
     wanted = tasks_option(tasks)
     base = entry.training or SOFTMAX_TRAINING
-    overrides = {k: v for k, v in (("lr", lr), ("batch_size", batch_size), ("patience", patience)) if v is not None}
-    train_config = replace(base, **overrides)
+    train_config = replace(base, lr=base.lr if lr is None else lr, batch_size=base.batch_size if batch_size is None else batch_size,
+                           patience=base.patience if patience is None else patience)
     fused: FusedConfig | None = None
     if graph_dim is not None:
         fused = replace(fused_config_for(wanted or ("rec",)), graph_dim=graph_dim)
-    settings = ModelSettings(fused=fused, train=train_config if entry.model_class.__name__ == "FusedRecommender" else None,
-                             bpr_train=train_config if entry.model_class.__name__ != "FusedRecommender" else None,
+    fused_family = entry.model_class is FusedRecommender
+    settings = ModelSettings(fused=fused, train=train_config if fused_family else None,
+                             bpr_train=None if fused_family else train_config,
                              seed=seed, device=device, epochs=epochs, text_tuning=text_tuning)
     job = TrainJob(model=model, tasks=wanted, settings=settings, text_model=str(text_model) if text_model else None,
                    cache_dir=str(cache or out.parent / "text-cache"))

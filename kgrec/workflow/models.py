@@ -168,7 +168,7 @@ def train_model(
     torch.manual_seed(train_config.seed if train_config is not None else (settings.seed or 0))
     model = build_model(name, model_inputs(entry, dataset, features, tasks, settings.text_tuning), fused)
     tower = getattr(model, "text_tower", None)
-    if tower is not None and settings.text_tuning == "prompt":
+    if isinstance(model, FusedRecommender) and tower is not None and settings.text_tuning == "prompt":
         model.refresh_text()  # virtual tokens change even the untrained tower's vectors
     max_history = train_config.max_history if train_config is not None else 50
     supervised = tuple(t for t in tasks if dataset.why_not(t) is None)
