@@ -257,6 +257,28 @@ class Scorer:
         except KeyError:
             raise ValueError(f"unknown {what} id {str(product_id)!r}") from None
 
+    def knows_user(self, user_id: str) -> bool:
+        """Whether the artifact holds ``user_id``."""
+        return str(user_id) in self._uid
+
+    def knows_product(self, product_id: str) -> bool:
+        """Whether ``product_id`` is in the catalogue (the artifact's or added)."""
+        return str(product_id) in self._pid
+
+    def title(self, product_id: str) -> str:
+        """The product's title (ValueError for an unknown id)."""
+        return self.titles[self._product_index(product_id)]
+
+    def check_filters(self, filters: Mapping[str, Any] | None) -> None:
+        """Raise ValueError naming the first unknown filter key or value (see :meth:`candidates`)."""
+        for key, values in (filters or {}).items():
+            if key not in FILTER_KEYS:
+                raise ValueError(f"unknown filter {key!r}; known: {list(FILTER_KEYS)}")
+            table = self._by_category if key == "category" else self._by_brand
+            for value in [values] if isinstance(values, str) else list(values):
+                if str(value) not in table:
+                    raise ValueError(f"unknown {key} {str(value)!r} in filters")
+
     def user_history(self, user_id: str) -> list[str]:
         """A known user's visible history (oldest first); [] for an unknown user."""
         u = self._uid.get(str(user_id))
