@@ -587,18 +587,21 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         batchers[kind] = MicroBatcher(kind, run, current, scoring, config.max_wait_ms / 1000,
                                       config.max_batch_rows, metrics.batch)
 
-    async def reload(path: Path) -> dict:
+    async def reload(path: Path, first: bool = False) -> dict:
+        """Load ``path`` beside the current scorer, then swap (``first``: the start-up load, not counted)."""
         async with slot.reload_lock:
             start = time.perf_counter()
             previous = slot.scorer.model_version if slot.scorer is not None else ""
             try:
                 scorer = await asyncio.get_running_loop().run_in_executor(loading, slot.load, path)
             except Exception:
-                metrics.reloads.labels("failed").inc()
+                if not first:
+                    metrics.reloads.labels("failed").inc()
                 raise
             slot.scorer, slot.path, slot.loaded_at = scorer, path, time.time()
             metrics.serving(scorer)
-            metrics.reloads.labels("ok").inc()
+            if not first:
+                metrics.reloads.labels("ok").inc()
             seconds = time.perf_counter() - start
             log.info("serving %s (%s), loaded in %.2f s", scorer.model_version, path, seconds)
             return {"model_version": scorer.model_version, "previous": previous, "artifact": str(path), "seconds": seconds}
@@ -626,7 +629,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         if slot.scorer is None:
             async def first_load():
                 try:
-                    await reload(Path(config.artifact))
+                    await reload(Path(config.artifact), first=True)
                 except Exception:
                     log.exception("cannot load %s", config.artifact)
             tasks.append(asyncio.create_task(first_load()))

@@ -1,6 +1,7 @@
 """Fixtures of the HTTP tests: tiny artifacts and a real server process (uvicorn on a free loopback port)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -107,10 +108,25 @@ def http_artifacts(tiny_snapshot, tiny_store, http_encoder, tmp_path_factory) ->
     return out
 
 
+@contextlib.contextmanager
+def running_server(artifact: Path, log: Path, api_key: str | None = None, *extra: str) -> Iterator[Server]:
+    """:func:`start_server`, stopped on exit; its log must hold no traceback (no request failed inside)."""
+    running = start_server(artifact, log, api_key, *extra)
+    try:
+        yield running
+    finally:
+        stop_server(running.process)
+    assert "Traceback" not in running.output(), running.output()[-4000:]
+
+
+@pytest.fixture(scope="session")
+def server_process():
+    """``server_process(artifact, log, api_key, *flags)``: a context manager running the service."""
+    return running_server
+
+
 @pytest.fixture(scope="session")
 def server(http_artifacts, tmp_path_factory) -> Iterator[Server]:
     """The service on artifact ``a`` with an API key (from the environment, as in production)."""
-    running = start_server(http_artifacts["a"], tmp_path_factory.mktemp("server") / "server.log", API_KEY)
-    yield running
-    stop_server(running.process)
-    assert "Traceback" not in running.output(), running.output()[-4000:]
+    with running_server(http_artifacts["a"], tmp_path_factory.mktemp("server") / "server.log", API_KEY) as running:
+        yield running
