@@ -678,8 +678,10 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        field = "body" if error.status_code in (400, 413) else None
-        return _error(error.status_code, str(error.detail), [(field, str(error.detail))] if field else [], error.headers)
+        if error.status_code == 400:  # a body FastAPI could not decode (e.g. not UTF-8): invalid like bad JSON
+            return _error(422, "invalid request: body", [("body", "the body is not UTF-8 JSON")])
+        field = "body" if error.status_code == 413 else None
+        return _error(error.status_code, str(error.detail), [(field, "too large")] if field else [], error.headers)
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, error: ValueError) -> JSONResponse:  # the scorer's own checks
