@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -472,13 +473,19 @@ class _Limits:
 # --------------------------------------------------------------------------- batched calls
 
 
+# The scoring thread renders the JSON of each answer (a JSONResponse renders when built), so the event
+# loop only writes bytes; the response models document the shape (OpenAPI) and the tests hold the
+# answers to them (schemathesis).
+
+
 def _items(scorer: Scorer, pairs: Sequence[tuple[str, float]]) -> list[dict]:
     titles, index = scorer.titles, scorer._pid
     return [{"product_id": p, "title": titles[index[p]], "score": s} for p, s in pairs]
 
 
 def _recommend_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
-    """payloads: ``(user_ids, per-row sessions, include_history, k, exclude_seen, filters)``; one call."""
+    """payloads: ``(user_ids, per-row sessions, include_history, k, exclude_seen, filters)``; one call,
+    one rendered answer per payload."""
     _, _, _, k, exclude_seen, filters = payloads[0]
     users = [u for p in payloads for u in p[0]]
     sessions = [s for p in payloads for s in p[1]]
@@ -492,7 +499,7 @@ def _recommend_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
                 entry["history"] = [{"product_id": p, "title": scorer.title(p)} for p in scorer.user_history(rec.user_id)[-10:]]
             results.append(entry)
         at += len(user_ids)
-        out.append({"model_version": scorer.model_version, "results": results})
+        out.append(JSONResponse({"model_version": scorer.model_version, "results": results}))
     return out
 
 
@@ -511,7 +518,7 @@ def _search_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
     for p in payloads:
         results = [{"query": q, "items": _items(scorer, found[at + i])} for i, q in enumerate(p[0])]
         at += len(p[0])
-        out.append({"model_version": scorer.model_version, **weights, "results": results})
+        out.append(JSONResponse({"model_version": scorer.model_version, **weights, "results": results}))
     return out
 
 
@@ -525,7 +532,7 @@ def _similar_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
         results = [{"product_id": p, "title": scorer.title(p), "items": _items(scorer, found[at + i])}
                    for i, p in enumerate(product_ids)]
         at += len(product_ids)
-        out.append({"model_version": scorer.model_version, "results": results})
+        out.append(JSONResponse({"model_version": scorer.model_version, "results": results}))
     return out
 
 
@@ -534,7 +541,7 @@ def _score(scorer: Scorer, user_ids: list[str], product_ids: list[str]) -> dict:
     n = len(product_ids)
     results = [{"user_id": u, "items": _items(scorer, list(zip(product_ids, scores[i * n : (i + 1) * n])))}
                for i, u in enumerate(user_ids)]
-    return {"model_version": scorer.model_version, "results": results}
+    return JSONResponse({"model_version": scorer.model_version, "results": results})
 
 
 def _explain(scorer: Scorer, request: ExplainRequest) -> dict:
@@ -549,7 +556,7 @@ def _explain(scorer: Scorer, request: ExplainRequest) -> dict:
             for path in entry["paths"]
         ]
         results.append(entry)
-    return {"model_version": scorer.model_version, "results": results}
+    return JSONResponse({"model_version": scorer.model_version, "results": results})
 
 
 def _filters_key(filters: dict | None) -> str:
@@ -599,12 +606,22 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
                     metrics.reloads.labels("failed").inc()
                 raise
             slot.scorer, slot.path, slot.loaded_at = scorer, path, time.time()
-            metrics.serving(scorer)
+            del scorer
+            metrics.serving(slot.scorer)
+            # The loaded model is millions of long-lived objects: keep them out of the collector's full
+            # passes, which would otherwise stall requests for a good part of a second. First let the
+            # batches that read the old scorer finish (the scoring thread runs in order), then collect
+            # what is left of it and freeze the rest.
+            await asyncio.get_running_loop().run_in_executor(scoring, gc.collect, 0)
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             if not first:
                 metrics.reloads.labels("ok").inc()
             seconds = time.perf_counter() - start
-            log.info("serving %s (%s), loaded in %.2f s", scorer.model_version, path, seconds)
-            return {"model_version": scorer.model_version, "previous": previous, "artifact": str(path), "seconds": seconds}
+            version = slot.scorer.model_version
+            log.info("serving %s (%s), loaded in %.2f s", version, path, seconds)
+            return {"model_version": version, "previous": previous, "artifact": str(path), "seconds": seconds}
 
     async def watch() -> None:
         while True:
@@ -837,7 +854,7 @@ def serve(artifact: str | os.PathLike[str], host: str = "127.0.0.1", port: int =
         raise FileNotFoundError(f"{config.artifact}: not an artifact folder (no config.json)")
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=config.access_log,
-                server_header=False, timeout_graceful_shutdown=5)
+                server_header=False, proxy_headers=False, timeout_graceful_shutdown=5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,9 @@ def _pairs(items):
 
 
 def _same(got, want):
+    # ids exactly; scores to float32 rounding (a text batch pads its queries; hybrid z-scores magnify that)
     assert [p for p, _ in got] == [p for p, _ in want]
-    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-5, abs=1e-5)
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-4, abs=1e-4)
 
 
 def test_recommend_answers_what_the_scorer_answers(client, scorer):
