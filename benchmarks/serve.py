@@ -112,8 +112,8 @@ async def _load(port: int, route: str, bodies: list[dict], clients: int, seconds
                     return
                 start = time.perf_counter()
                 try:
-                    status, answer = await connection.request("POST", f"/v1/{route}", body)
-                except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+                    status, answer = await asyncio.wait_for(connection.request("POST", f"/v1/{route}", body), 30)
+                except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as error:
                     errors.append(repr(error))
                     connection = Connection("127.0.0.1", port)
                     continue

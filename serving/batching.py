@@ -64,6 +64,9 @@ class MicroBatcher(Generic[S]):
         max_wait_s: how long a window stays open after its first job (default 2 ms).
         max_rows: a window closes early once this many rows are queued (default 256).
         on_batch: called with :class:`BatchStats` after each call (metrics).
+        in_flight: the number of requests of this kind the server holds (queued or not yet); when
+            every one of them is in the window already, the window closes without waiting, so a
+            lone request is scored at once.
     """
 
     def __init__(
@@ -75,13 +78,14 @@ class MicroBatcher(Generic[S]):
         max_wait_s: float = 0.002,
         max_rows: int = 256,
         on_batch: Callable[[BatchStats], None] | None = None,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.kind, self.run, self.current, self.executor = kind, run, current, executor
-        self.max_wait_s, self.max_rows, self.on_batch = max_wait_s, max_rows, on_batch
+        self.max_wait_s, self.max_rows, self.on_batch, self.in_flight = max_wait_s, max_rows, on_batch, in_flight
         self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task | None = None
 
@@ -120,6 +124,8 @@ class MicroBatcher(Generic[S]):
             left = deadline - time.monotonic()
             if rows >= self.max_rows or left <= 0:
                 break
+            if self.in_flight is not None and self.in_flight() <= len(jobs):
+                break  # no other request of this kind is on its way
             try:
                 jobs.append(await asyncio.wait_for(self._queue.get(), left))
                 rows += jobs[-1].rows

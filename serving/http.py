@@ -84,7 +84,8 @@ class ServeConfig:
         host, port: where :func:`serve` binds (default 127.0.0.1:8000: loopback only).
         device: the scorer's device (default ``cpu``).
         text_model: the text encoder's folder if it moved since the artifact was saved.
-        max_wait_ms: how long a batch waits for more requests after its first (default 2 ms).
+        max_wait_ms: how long a batch waits for more requests after its first (default 2 ms; no wait
+            when no other request of its kind is in the server).
         max_batch_rows: a batch closes early at this many rows (users, queries, products; default 256).
         max_body_bytes: larger request bodies answer 413 (default 1 MiB).
         api_key_env: the environment variable holding the API key (unset or empty: no key needed).
@@ -432,14 +433,18 @@ class Metrics:
 class _Limits:
     """ASGI middleware: body size limit (413) and per-route request metrics."""
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int) -> None:
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, in_flight: dict[str, int]) -> None:
+        self.app, self.metrics, self.max_body_bytes, self.in_flight = app, metrics, max_body_bytes, in_flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = {"code": 500}
+        path = scope.get("path", "")
+        counted = path in self.in_flight
+        if counted:
+            self.in_flight[path] += 1
 
         async def sending(message):
             if message["type"] == "http.response.start":
@@ -464,6 +469,8 @@ class _Limits:
 
             await self.app(scope, receiving, sending)
         finally:
+            if counted:
+                self.in_flight[path] -= 1
             route = scope.get("route")
             name = getattr(route, "path", None) or "other"
             self.metrics.requests.labels(name, scope.get("method", ""), str(status["code"])).inc()
@@ -590,9 +597,10 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
             raise RequestError("the model is still loading", status=503)
         return slot.scorer
 
+    in_flight = {f"/v1/{kind}": 0 for kind in ("recommend", "search", "similar")}
     for kind, run in (("recommend", _recommend_batch), ("search", _search_batch), ("similar", _similar_batch)):
-        batchers[kind] = MicroBatcher(kind, run, current, scoring, config.max_wait_ms / 1000,
-                                      config.max_batch_rows, metrics.batch)
+        batchers[kind] = MicroBatcher(kind, run, current, scoring, config.max_wait_ms / 1000, config.max_batch_rows,
+                                      metrics.batch, in_flight=lambda path=f"/v1/{kind}": in_flight[path])
 
     async def reload(path: Path, first: bool = False) -> dict:
         """Load ``path`` beside the current scorer, then swap (``first``: the start-up load, not counted)."""
@@ -673,7 +681,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         redoc_url=None,
     )
     app.state.slot, app.state.metrics, app.state.config = slot, metrics, config
-    app.add_middleware(_Limits, metrics=metrics, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(_Limits, metrics=metrics, max_body_bytes=config.max_body_bytes, in_flight=in_flight)
 
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when the server has an API key")
 
