@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(payload, indent=2))
     table = markdown(payload)
     print(table)
-    print(f"ratio = ms/row over HTTP (1 / req/s) / in-process ms/row at batch {args.batch}; results: {args.out}")
+    print(f"ratio = ms/row over HTTP (wall / rows answered) / in-process ms/row at batch {args.batch}; results: {args.out}")
     return payload
 
 
