@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     scorer = Scorer.load(args.artifact)
     rng = random.Random(args.seed)
-    routes = [r for r in args.routes if r != "search" or scorer._reads_text()]
+    routes = [r for r in args.routes if r != "search" or scorer.can_search]
     baseline = [in_process(scorer, route, rng, args.batch, args.repeats, args.k) for route in routes]
 
     port = _free_port()

@@ -257,6 +257,24 @@ class Scorer:
         except KeyError:
             raise ValueError(f"unknown {what} id {str(product_id)!r}") from None
 
+    @property
+    def can_search(self) -> bool:
+        """Whether the model reads text, so :meth:`search` can encode queries."""
+        return self._reads_text()
+
+    def warm_up(self) -> None:
+        """Build what the first requests would otherwise build: the text encoder (when the model
+        searches), the unit product vectors (when it has product vectors) and BM25 (when the
+        artifact's lexical weight uses it)."""
+        if self.can_search:
+            self.text_encoder().encode(["warm up"])
+            if self.lexical_weight > 0:
+                self.lexical_ranker()
+        if not isinstance(self.model, Popularity):
+            self._unit_products()
+        if self.user_ids:
+            self.recommend(self.user_ids[:1], k=1)
+
     def knows_user(self, user_id: str) -> bool:
         """Whether the artifact holds ``user_id``."""
         return str(user_id) in self._uid

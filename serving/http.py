@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -268,7 +269,7 @@ class PathRel(BaseModel):
     direction: Literal["->", "<-"]
 
 
-class Path_(BaseModel):
+class GraphPath(BaseModel):
     kind: str
     via: str
     nodes: list[PathNode]
@@ -287,7 +288,7 @@ class ProductExplanation(BaseModel):
     title: str
     source: Literal["history", "session", "popularity"]
     model_score: float
-    paths: list[Path_]
+    paths: list[GraphPath]
 
 
 class ExplainResponse(BaseModel):
@@ -385,14 +386,7 @@ class ModelSlot:
         """Load and warm a scorer (on a worker thread): the lazily built parts are built here,
         not in the first request after a swap."""
         scorer = Scorer.load(path, device=self.config.device, text_model=self.config.text_model)
-        if scorer._reads_text():
-            scorer.text_encoder().encode(["warm up"])
-            if scorer.lexical_weight > 0:
-                scorer.lexical_ranker()
-        with contextlib.suppress(ValueError):  # the popularity model has no product vectors
-            scorer._unit_products()
-        if scorer.user_ids:
-            scorer.recommend(scorer.user_ids[:1], k=1)
+        scorer.warm_up()
         return scorer
 
 
@@ -486,8 +480,7 @@ class _Limits:
 
 
 def _items(scorer: Scorer, pairs: Sequence[tuple[str, float]]) -> list[dict]:
-    titles, index = scorer.titles, scorer._pid
-    return [{"product_id": p, "title": titles[index[p]], "score": s} for p, s in pairs]
+    return [{"product_id": p, "title": scorer.title(p), "score": s} for p, s in pairs]
 
 
 def _recommend_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
@@ -647,7 +640,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if config.threads:
-            scoring.submit(__import__("torch").set_num_threads, config.threads).result()
+            scoring.submit(torch.set_num_threads, config.threads).result()
         for batcher in batchers.values():
             batcher.start()
         tasks = []
@@ -752,7 +745,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
     async def search(request: SearchRequest) -> Any:
         """Products for text queries (optionally personalised; hybrid with BM25 per ``lexical_weight``)."""
         scorer = current()
-        if not scorer._reads_text():
+        if not scorer.can_search:
             raise RequestError(f"model {scorer.model.name!r} has no text tower: it cannot search by text", "queries")
         check_products(scorer, request.session, "session")
         filters = check_filters(scorer, request.filters)
@@ -806,7 +799,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         return {
             "model_version": scorer.model_version, "model": scorer.model.name, "created": str(config_.get("created", "")),
             "data_fingerprint": scorer.artifact.fingerprint, "artifact": str(slot.path),
-            "products": scorer.num_products, "users": len(scorer.user_ids), "can_search": scorer._reads_text(),
+            "products": scorer.num_products, "users": len(scorer.user_ids), "can_search": scorer.can_search,
             "lexical_weight": scorer.lexical_weight, "user_weight": scorer.default_user_weight,
             "example_users": sorted(with_history, key=lambda u: -len(scorer.user_history(u)))[:12],
             "loaded_at": slot.loaded_at,
