@@ -90,12 +90,3 @@ class CollectingStore:
 
     def counts(self) -> dict[str, int]:
         return {}
-
-
-def graph_frames(tables: CatalogTables) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Node and edge frames (keyed by label / relationship type) that :func:`load_tables` writes."""
-    store = CollectingStore()
-    Ingestor(store, IngestConfig()).run(tables_sources(tables))  # type: ignore[arg-type]
-    nodes = {k: pd.concat(v, ignore_index=True) for k, v in store.nodes_written.items()}
-    edges = {k: pd.concat(v, ignore_index=True) for k, v in store.edges_written.items()}
-    return nodes, edges

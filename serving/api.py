@@ -399,7 +399,7 @@ class Scorer:
                 with torch.no_grad():
                     computed = self.model.serving_users(self.state, self._history_batch(index[need], [items[i] for i in need]))
                 vectors[torch.as_tensor(tower, device=self.device)] = computed.to(vectors)
-            if cached.any():
+            if self._user_cache is not None and cached.any():
                 vectors[torch.as_tensor(cached, device=self.device)] = self._user_cache[torch.as_tensor(index[cached])]
         return UserRows(vectors, torch.as_tensor(popular, device=self.device), sources, rows, cols.astype(np.int64))
 
@@ -621,7 +621,7 @@ class Scorer:
         Returns one list for a string, a list of lists for a list.
         """
         single = isinstance(query, str)
-        queries = [query] if single else [str(q) for q in query]
+        queries: list[str] = [query] if isinstance(query, str) else [str(q) for q in query]
         personal = user_id is not None or bool(session)
         users = [str(user_id) if user_id is not None else SESSION_USER] * len(queries) if personal else None
         sessions = [_id_list(session, "session") if session else []] * len(queries) if personal else None

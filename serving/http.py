@@ -41,7 +41,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,7 +483,7 @@ def _items(scorer: Scorer, pairs: Sequence[tuple[str, float]]) -> list[dict]:
     return [{"product_id": p, "title": scorer.title(p), "score": s} for p, s in pairs]
 
 
-def _recommend_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
+def _recommend_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[JSONResponse]:
     """payloads: ``(user_ids, per-row sessions, include_history, k, exclude_seen, filters)``; one call,
     one rendered answer per payload."""
     _, _, _, k, exclude_seen, filters = payloads[0]
@@ -503,7 +503,7 @@ def _recommend_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
     return out
 
 
-def _search_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
+def _search_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[JSONResponse]:
     """payloads: ``(queries, user_id, session, k, filters, user_weight, lexical_weight)``; one call."""
     _, _, _, k, filters, user_weight, lexical_weight = payloads[0]
     queries = [q for p in payloads for q in p[0]]
@@ -522,7 +522,7 @@ def _search_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
     return out
 
 
-def _similar_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
+def _similar_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[JSONResponse]:
     """payloads: ``(product_ids, k, filters)``; one call."""
     _, k, filters = payloads[0]
     products = [p for payload in payloads for p in payload[0]]
@@ -536,7 +536,7 @@ def _similar_batch(scorer: Scorer, payloads: Sequence[tuple]) -> list[dict]:
     return out
 
 
-def _score(scorer: Scorer, user_ids: list[str], product_ids: list[str]) -> dict:
+def _score(scorer: Scorer, user_ids: list[str], product_ids: list[str]) -> JSONResponse:
     scores = scorer.score([(u, p) for u in user_ids for p in product_ids])
     n = len(product_ids)
     results = [{"user_id": u, "items": _items(scorer, list(zip(product_ids, scores[i * n : (i + 1) * n])))}
@@ -544,7 +544,7 @@ def _score(scorer: Scorer, user_ids: list[str], product_ids: list[str]) -> dict:
     return JSONResponse({"model_version": scorer.model_version, "results": results})
 
 
-def _explain(scorer: Scorer, request: ExplainRequest) -> dict:
+def _explain(scorer: Scorer, request: ExplainRequest) -> JSONResponse:
     results = []
     for product_id in request.product_ids:
         explanation = scorer.explain(request.user_id, product_id, request.max_paths, request.session)
@@ -557,6 +557,10 @@ def _explain(scorer: Scorer, request: ExplainRequest) -> dict:
         ]
         results.append(entry)
     return JSONResponse({"model_version": scorer.model_version, "results": results})
+
+
+def _counter(counts: dict[str, int], key: str) -> Callable[[], int]:
+    return lambda: counts[key]
 
 
 def _filters_key(filters: dict | None) -> str:
@@ -593,7 +597,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
     in_flight = {f"/v1/{kind}": 0 for kind in ("recommend", "search", "similar")}
     for kind, run in (("recommend", _recommend_batch), ("search", _search_batch), ("similar", _similar_batch)):
         batchers[kind] = MicroBatcher(kind, run, current, scoring, config.max_wait_ms / 1000, config.max_batch_rows,
-                                      metrics.batch, in_flight=lambda path=f"/v1/{kind}": in_flight[path])
+                                      metrics.batch, in_flight=_counter(in_flight, f"/v1/{kind}"))
 
     async def reload(path: Path, first: bool = False) -> dict:
         """Load ``path`` beside the current scorer, then swap (``first``: the start-up load, not counted)."""
@@ -710,7 +714,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
         return _error(500, "internal server error (logged on the server)")
 
-    v1 = {"dependencies": [Depends(check_key)], "responses": ERRORS}
+    keyed = [Depends(check_key)]
 
     def check_products(scorer: Scorer, ids: Sequence[str] | None, field: str) -> None:
         for i, p in enumerate(ids or []):
@@ -725,7 +729,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
             raise RequestError(str(error), "filters") from None
         return as_dict
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["scoring"], **v1)
+    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["scoring"], dependencies=keyed, responses=ERRORS)
     async def recommend(request: RecommendRequest) -> Any:
         """Top-k products per user (unknown users: their session, else the most popular products)."""
         scorer = current()
@@ -741,7 +745,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         key = (request.k, request.exclude_seen, _filters_key(filters))
         return await batchers["recommend"].submit(payload, len(request.user_ids), key)
 
-    @app.post("/v1/search", response_model=SearchResponse, tags=["scoring"], **v1)
+    @app.post("/v1/search", response_model=SearchResponse, tags=["scoring"], dependencies=keyed, responses=ERRORS)
     async def search(request: SearchRequest) -> Any:
         """Products for text queries (optionally personalised; hybrid with BM25 per ``lexical_weight``)."""
         scorer = current()
@@ -754,7 +758,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         key = (request.k, _filters_key(filters), request.user_weight, request.lexical_weight)
         return await batchers["search"].submit(payload, len(request.queries), key)
 
-    @app.post("/v1/similar", response_model=SimilarResponse, tags=["scoring"], **v1)
+    @app.post("/v1/similar", response_model=SimilarResponse, tags=["scoring"], dependencies=keyed, responses=ERRORS)
     async def similar(request: SimilarRequest) -> Any:
         """The nearest other products of each product (cosine of the model's product vectors)."""
         scorer = current()
@@ -765,7 +769,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         key = (request.k, _filters_key(filters))
         return await batchers["similar"].submit((request.product_ids, request.k, filters), len(request.product_ids), key)
 
-    @app.post("/v1/score", response_model=ScoreResponse, tags=["scoring"], **v1)
+    @app.post("/v1/score", response_model=ScoreResponse, tags=["scoring"], dependencies=keyed, responses=ERRORS)
     async def score(request: ScoreRequest) -> Any:
         """The model's score of each product for each (known) user, in the request's order."""
         scorer = current()
@@ -778,7 +782,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(scoring, _score, scorer, request.user_ids, request.product_ids)
 
-    @app.post("/v1/explain", response_model=ExplainResponse, tags=["scoring"], **v1)
+    @app.post("/v1/explain", response_model=ExplainResponse, tags=["scoring"], dependencies=keyed, responses=ERRORS)
     async def explain(request: ExplainRequest) -> Any:
         """Knowledge-graph paths from the user's history (or session) to each product, with Cypher."""
         scorer = current()
@@ -790,7 +794,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
             raise RequestError("at most 100 products per explain request", "product_ids")
         return await asyncio.get_running_loop().run_in_executor(scoring, _explain, scorer, request)
 
-    @app.get("/v1/model", response_model=ModelInfo, tags=["service"], **v1)
+    @app.get("/v1/model", response_model=ModelInfo, tags=["service"], dependencies=keyed, responses=ERRORS)
     async def model_info() -> Any:
         """The model being served."""
         scorer = current()
@@ -806,7 +810,7 @@ def create_app(artifact: str | os.PathLike[str] | Scorer | ServeConfig, **settin
         }
 
     if config.allow_reload:
-        @app.post("/admin/reload", response_model=ReloadResponse, tags=["service"], **v1)
+        @app.post("/admin/reload", response_model=ReloadResponse, tags=["service"], dependencies=keyed, responses=ERRORS)
         async def admin_reload(request: ReloadRequest | None = None) -> Any:
             """Load an artifact beside the current one and swap to it once it is ready."""
             path = Path(request.artifact) if request is not None and request.artifact else slot.path
