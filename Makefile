@@ -8,10 +8,11 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup lint typecheck test
 
-$(VENV)/.kgrec-installed: pyproject.toml .ci/setup-neo4j-test-deps.sh
+$(VENV)/.kgrec-installed: pyproject.toml .ci/setup-neo4j-test-deps.sh .ci/setup-browser-test-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	PYTHON=$(PY) bash .ci/setup-neo4j-test-deps.sh
+	bash .ci/setup-browser-test-deps.sh
 	touch $@
 
 setup: $(VENV)/.kgrec-installed
