@@ -30,7 +30,7 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A running ``python -m kgrec.serving.http`` process."""
+    """A running ``kgrec serve`` process."""
 
     url: str
     process: subprocess.Popen
@@ -54,7 +54,7 @@ def start_server(artifact: Path, log: Path, api_key: str | None = None, *extra: 
         port = free_port()
         handle = log.open("w")
         process = subprocess.Popen(
-            [sys.executable, "-m", "kgrec.serving.http", "--artifact", str(artifact), "--port", str(port),
+            [sys.executable, "-m", "kgrec.cli", "serve", "--artifact", str(artifact), "--port", str(port),
              "--log-level", "warning", *extra],
             stdout=handle, stderr=subprocess.STDOUT, env=env,
         )
