@@ -36,8 +36,23 @@ from pathlib import Path
 
 import torch
 
+from kgrec.evaluation.recommendation import (
+    evaluate,
+    evaluate_detailed,
+    evaluation_inputs,
+    exclusion_mask,
+    rank_top_k,
+    rank_top_k_pairs,
+)
+from kgrec.fusion.data import evaluation_examples
+from kgrec.fusion.models import ModelInputs
+from kgrec.fusion.registry import build_model, spec
+from kgrec.fusion.train import resolve_device
+from kgrec.workflow.data import load_dataset
+from kgrec.workflow.ingest import DEMO_DATA, IngestOptions, ingest_files
+from kgrec.workflow.store import open_store
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
@@ -59,7 +74,7 @@ def _timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "amazon-scientific")
+    ap.add_argument("--data", type=Path, default=DEMO_DATA, help="files or a folder `kgrec ingest` reads")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--k", type=int, default=20)
@@ -68,39 +83,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_speed.json")
     args = ap.parse_args(argv)
 
-    from kgrec.evaluation.recommendation import evaluate, evaluate_detailed, evaluation_inputs, exclusion_mask, rank_top_k, rank_top_k_pairs
-    from kgrec.fusion.data import evaluation_examples
-    from kgrec.fusion.models import MatrixFactorization
-    from kgrec.fusion.train import resolve_device
-    from kgrec.ingest.load import load_tables
-    from kgrec.ingest.tables import read_tables
-    from kgrec.kg.embedded import EmbeddedStore
-    from kgrec.kg.export import export_snapshot
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        store = EmbeddedStore(tmp)
-        load_tables(read_tables(args.data), store, progress=False)
-        snapshot = export_snapshot(store)
+        ingest_files([args.data], Path(tmp) / "store", IngestOptions(state_dir=Path(tmp) / "ingest"))
+        store = open_store(Path(tmp) / "store")
+        try:
+            snapshot = load_dataset(store).snapshot
+        finally:
+            store.close()
     torch.manual_seed(0)
-    model = MatrixFactorization(snapshot.num_users, snapshot.num_products, dim=args.dim).to(device)
+    model = build_model("mf-bpr", ModelInputs.from_snapshot(snapshot), spec("mf-bpr").config(dim=args.dim)).to(device)
     model.set_graph(snapshot.message_passing("test"))
     model.eval()
     batch, histories = evaluation_examples(snapshot, "test")
     exclude = exclusion_mask(histories, snapshot.num_products)
     users_dev = batch.users.to(device)
     exclude_dev = exclude.to(device)
-    U, I = (t.detach() for t in model._towers())
+    user_vectors, product_vectors = (t.detach() for t in model._towers())
 
     def bare():
         with torch.no_grad():
-            return torch.topk(U[users_dev] @ I.T, args.k, dim=1).indices
+            return torch.topk(user_vectors[users_dev] @ product_vectors.T, args.k, dim=1).indices
 
     def bare_masked():
         with torch.no_grad():
-            return torch.topk((U[users_dev] @ I.T).masked_fill(exclude_dev, float("-inf")), args.k, dim=1).indices
+            return torch.topk((user_vectors[users_dev] @ product_vectors.T).masked_fill(exclude_dev, float("-inf")), args.k, dim=1).indices
 
     rows = {}
     rows["bare"], _ = _timed(bare, args.repeats, device)

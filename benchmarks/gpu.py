@@ -1,6 +1,7 @@
 """Joint LoRA-BERT + GNN training on one device: throughput, peak memory, metrics.
 
-The prepared GPU check of issue 8 — the same code path as on CPU (``kgrec.fusion.train.fit``),
+The prepared GPU check of issue 8 — the same code path as on CPU and as ``kgrec train``
+(``kgrec.workflow``: ingest, dataset, text features, ``train_model`` -> ``kgrec.fusion.train.fit``),
 with bf16 autocast on CUDA (``--precision auto``). Usage (repository root)::
 
     python benchmarks/gpu.py --device cuda                       # a few minutes on one H100
@@ -16,24 +17,56 @@ precision used. Writes ``benchmarks/results/gpu_<device>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import platform
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from kgrec.encoders.text import TextEncoder, TextEncoderConfig
+from kgrec.encoders.tuning import TunedTextEncoder
+from kgrec.evaluation.recommendation import evaluate
+from kgrec.fusion.train import TrainConfig, autocast_dtype, resolve_device
+from kgrec.ingest.tables import read_tables, write_tables
+from kgrec.workflow.data import load_dataset
+from kgrec.workflow.features import encode_text
+from kgrec.workflow.ingest import DEMO_DATA, ingest_files
+from kgrec.workflow.models import ModelSettings, train_model
+from kgrec.workflow.store import open_store
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+
+
+@contextlib.contextmanager
+def counting_bert_tokens() -> Iterator[dict[str, int]]:
+    """Count the tokens text towers send through BERT in training mode (``counter["n"]``): the
+    towers are built inside :func:`~kgrec.workflow.models.train_model`, so the count wraps the
+    class's tokenizer for the duration of the block."""
+    counter = {"n": 0}
+    original = TunedTextEncoder.tokenize
+
+    def tokenize(tower: TunedTextEncoder, texts):
+        batch = original(tower, texts)
+        if tower.training:
+            counter["n"] += int(batch["attention_mask"].sum())
+        return batch
+
+    setattr(TunedTextEncoder, "tokenize", tokenize)  # noqa: B010 - a measurement hook, restored below
+    try:
+        yield counter
+    finally:
+        setattr(TunedTextEncoder, "tokenize", original)  # noqa: B010
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "amazon-scientific")
+    parser.add_argument("--data", type=Path, default=DEMO_DATA, help="a kgrec tables folder (the demo data)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | fp32 | bf16")
     parser.add_argument("--mode", default="lora", help="text tower: frozen | lora | ia3 | prompt | full")
@@ -44,54 +77,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from kgrec.encoders.text import TextEncoder, TextEncoderConfig
-    from kgrec.encoders.tuning import TextTuningConfig, TunedTextEncoder
-    from kgrec.evaluation.recommendation import evaluate, ndcg_validator
-    from kgrec.fusion.models import FusedConfig, FusedRecommender
-    from kgrec.fusion.train import TrainConfig, autocast_dtype, fit, resolve_device
-    from kgrec.ingest.load import load_tables
-    from kgrec.ingest.tables import read_tables
-    from kgrec.kg.embedded import EmbeddedStore
-    from kgrec.kg.export import export_snapshot
 
     device = resolve_device(args.device)
-    tables = read_tables(args.data)
+    workdir = Path(tempfile.mkdtemp(prefix="kgrec-gpu-"))
+    data = args.data
     if args.max_users is not None:
+        tables = read_tables(args.data)
         keep = set(tables.users["user_id"].head(args.max_users))
         tables.users = tables.users[tables.users["user_id"].isin(keep)]
         tables.interactions = tables.interactions[tables.interactions["user_id"].isin(keep)]
-    store = EmbeddedStore(Path(tempfile.mkdtemp(prefix="kgrec-gpu-")) / "store")
-    load_tables(tables, store, progress=False)
-    snapshot = export_snapshot(store)
+        data = workdir / "data"
+        write_tables(tables, data)
+    ingest_files([data], workdir / "store")
+    store = open_store(workdir / "store")
+    try:
+        dataset = load_dataset(store)
+    finally:
+        store.close()
+    snapshot = dataset.snapshot
     encoder = TextEncoder(TextEncoderConfig(model_path=str(args.text_model) if args.text_model else None,
                                             max_length=args.max_length, batch_size=512)).to(device)
     t0 = time.perf_counter()
-    text = encoder.encode(snapshot.product_text)
+    features = encode_text(dataset, encoder)
     encode_seconds = time.perf_counter() - t0
-    tower = TunedTextEncoder(encoder, TextTuningConfig(mode=args.mode)) if args.mode != "frozen" else None
-    tokens = {"n": 0}
-    if tower is not None:  # count the tokens that go through BERT in training steps
-        tokenize = tower.tokenize
-
-        def counting(texts):
-            batch = tokenize(texts)
-            if tower.training:
-                tokens["n"] += int(batch["attention_mask"].sum())
-            return batch
-
-        tower.tokenize = counting
-    torch.manual_seed(0)
-    model = FusedRecommender(snapshot.num_users, snapshot.num_products, FusedConfig(), text_features=text,
-                             num_nodes=snapshot.num_nodes, edge_types=list(snapshot.message_passing("train").edge_types),
-                             text_tower=tower, product_texts=list(snapshot.product_text) if tower is not None else None)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, patience=args.epochs,
                          device=str(device), precision=args.precision)
+    settings = ModelSettings(train=config, text_tuning=args.mode, tuned_batch_size=args.batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    history = fit(model, snapshot, config, progress=True,
-                  validators={"rec": ndcg_validator(snapshot, "valid", max_history=config.max_history)})
+    with counting_bert_tokens() as tokens:
+        trained = train_model("fused", dataset, features, ("rec",), settings, progress=True)
+    model, history = trained.model, trained.history
     metrics = evaluate(model, snapshot, "test", (10, 20), config.max_history).metrics
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -103,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "precision": str(autocast_dtype(config, device) or torch.float32),
         "mode": args.mode, "users": snapshot.num_users, "products": snapshot.num_products,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_parameters": trained.trainable_parameters,
         "encode_seconds": round(encode_seconds, 2),
         "train_step_seconds": round(history.train_seconds, 2), "epochs": len(history.losses),
         "interactions_per_second": round(history.examples_per_second, 1),

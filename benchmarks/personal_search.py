@@ -6,6 +6,7 @@ Usage (repository root, kgrec's venv)::
 
     python benchmarks/personal_search.py                  # CPU or CUDA (auto), ~10 min on 2 cores
 
+The demo tables go the one path (``kgrec.workflow``: ingest, dataset, text features, ``train_model``).
 One run, one leave-one-out split (the recommender's), test queries ranked against all 4,385
 products with the user's history excluded: BM25 and the untrained MiniLM on the query alone,
 the fused model trained for recommendation only, and the same model trained multi-task
@@ -17,22 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from kgrec.encoders.text import EmbeddingCache
+from kgrec.fusion.models import FusedConfig
+from kgrec.fusion.registry import SOFTMAX_TRAINING
+from kgrec.search.examples import unique_texts
+from kgrec.workflow.data import load_dataset
+from kgrec.workflow.features import encode_text, load_text_encoder
+from kgrec.workflow.ingest import DEMO_DATA, ingest_files
+from kgrec.workflow.models import ModelSettings
+from kgrec.workflow.search_benchmark import category_queries, personal_results_markdown, run_personalized_search
+from kgrec.workflow.store import open_store
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "amazon-scientific")
+    parser.add_argument("--data", type=Path, default=DEMO_DATA)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--text-model", type=Path, default=None)
     parser.add_argument("--device", default="auto")
@@ -40,33 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "personal_search.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.ingest.load import load_tables
-    from kgrec.ingest.tables import read_tables
-    from kgrec.kg.embedded import EmbeddedStore
-    from kgrec.kg.export import export_snapshot
-    from kgrec.search.examples import category_query, unique_texts
-    from kgrec.workflow.rec_benchmark import BenchmarkConfig
-    from kgrec.workflow.search_benchmark import personal_results_markdown, run_personalized_search
 
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-personal-"))
-    tables = read_tables(args.data)
-    store = EmbeddedStore(workdir / "store")
-    load_tables(tables, store, progress=False)
-    snapshot = export_snapshot(store)
-    paths = dict(zip(tables.products["product_id"].astype(str), tables.products["category_path"]))
-    product_queries = [category_query(paths.get(pid, [])) for pid in snapshot.id_maps["product"]]
-    encoder = TextEncoder(TextEncoderConfig(model_path=str(args.text_model) if args.text_model else None))
-    cache = EmbeddingCache(workdir / "text-cache")
-    product_vectors = encoder.encode(snapshot.product_text, cache=cache, progress=True)
+    ingest_files([args.data], workdir / "store")
+    store = open_store(workdir / "store")
+    try:
+        dataset = load_dataset(store)
+        product_queries = category_queries(store, dataset.snapshot)
+    finally:
+        store.close()
+    snapshot = dataset.snapshot
+    encoder = load_text_encoder(args.text_model)
+    features = encode_text(dataset, encoder, workdir / "text-cache", progress=True)
     distinct, codes = unique_texts(product_queries)
-    query_vectors = encoder.encode(distinct, cache=cache)[torch.as_tensor(codes, dtype=torch.long)]
-    train = BenchmarkConfig().train
-    train.epochs, train.seed, train.device = args.epochs, args.seed, args.device
-    results, rec = run_personalized_search(snapshot, product_queries, product_vectors, query_vectors, train)
+    query_vectors = encoder.encode(distinct, cache=EmbeddingCache(workdir / "text-cache"))[torch.as_tensor(codes, dtype=torch.long)]
+    settings = ModelSettings(train=replace(SOFTMAX_TRAINING, epochs=args.epochs, seed=args.seed, device=args.device),
+                             fused=FusedConfig(), search_batch_size=1024)
+    results, rec = run_personalized_search(dataset, features, product_queries, query_vectors, settings)
     table = personal_results_markdown(results, rec)
     print(table)
     payload = {
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "data": {"users": snapshot.num_users, "products": snapshot.num_products,
                  "distinct_queries": len(distinct), "test_queries": int((snapshot.interactions["split"] == "test").sum())},
-        "train": asdict(train),
+        "train": asdict(settings.train),
         "results": [asdict(r) for r in results], "recommendation": rec, "table": table,
         "seconds": round(time.perf_counter() - start, 1),
     }

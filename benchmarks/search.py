@@ -9,8 +9,9 @@ Usage (repository root, kgrec's venv)::
     python benchmarks/search.py --max-train-queries 2000 --modes frozen,lora   # a shorter CPU run
 
 The data (``../shared/data/homedepot-search/train.csv.zip``, Kaggle rules: never committed)
-is converted to kgrec tables, ingested into an embedded knowledge graph and split by query
-(80/10/10, seed 0): no test query is seen in training, and only train queries enter the
+is converted to kgrec tables and goes the path every store goes (``kgrec.workflow``: ingest, the
+dataset with its query-disjoint 80/10/10 split, text features, ``train_model``, rows scored like
+``kgrec evaluate``'s): no test query is seen in training, and only train queries enter the
 message-passing graph (as nodes with ``judged`` edges to their relevant products).
 
 Reported per model on the test queries, two protocols: ``full`` ranks all 54,667 products
@@ -24,18 +25,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from kgrec.encoders.text import TextEncoder, TextEncoderConfig
+from kgrec.fusion.train import TrainConfig, resolve_device
+from kgrec.workflow.data import SplitConfig
+from kgrec.workflow.features import encode_text
+from kgrec.workflow.models import fused_config_for
+from kgrec.workflow.search_benchmark import (
+    SearchBenchmarkConfig,
+    homedepot_data,
+    run_search_benchmark,
+    search_results_markdown,
+    search_settings,
+)
+from kgrec.workflow.store import WorkflowError
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "homedepot-search" / "train.csv.zip"
 
 
@@ -64,39 +77,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired tests against BM25")
     parser.add_argument("--workdir", type=Path, default=None, help="tables/store/cache folder (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_homedepot.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.data.exists():
         print(f"Home Depot data not found at {args.data} (pass --data)", file=sys.stderr)
         return 2
-
-    from kgrec.encoders.text import EmbeddingCache, TextEncoder, TextEncoderConfig
-    from kgrec.fusion.models import FusedConfig
-    from kgrec.fusion.train import TrainConfig, resolve_device
-    from kgrec.workflow.search_benchmark import SearchBenchmarkConfig, homedepot_data, run_search_benchmark, search_results_markdown
+    try:
+        settings = search_settings(
+            train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed, device=args.device,
+                              precision=args.precision),
+            fused=replace(fused_config_for(("search",)), feature_ids=args.feature_ids, gate_bias=args.gate_bias,
+                          catalogue_loss=args.catalogue_loss),
+            search_batch_size=args.batch_size, tuned_batch_size=args.tuned_batch_size or args.batch_size,
+            max_search_queries=args.max_train_queries, seed=args.seed, device=args.device)
+        config = SearchBenchmarkConfig(
+            models=tuple(m for m in args.models.split(",") if m), modes=tuple(m for m in args.modes.split(",") if m),
+            settings=settings, tuned_epochs=args.tuned_epochs, bootstrap=args.bootstrap,
+            cross_encoder=args.cross_encoder, cross_encoder_queries=args.cross_encoder_queries)
+    except WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kgrec-search-"))
     start = time.perf_counter()
-    data = homedepot_data(args.data, workdir / "homedepot", seed=args.seed)
+    data = homedepot_data(args.data, workdir / "homedepot", SplitConfig(search_seed=args.seed))
     prepared = time.perf_counter() - start
     device = resolve_device(args.device)
     encoder = TextEncoder(TextEncoderConfig(model_path=str(args.text_model) if args.text_model else None,
                                             max_length=args.max_length, batch_size=256))
     encoder.to(device)
-    config = SearchBenchmarkConfig(
-        models=tuple(m for m in args.models.split(",") if m),
-        modes=tuple(m for m in args.modes.split(",") if m),
-        train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed,
-                          device=args.device, precision=args.precision),
-        batch_size=args.batch_size, tuned_batch_size=args.tuned_batch_size, tuned_epochs=args.tuned_epochs,
-        fused=FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=args.feature_ids,
-                           gate_bias=args.gate_bias, catalogue_loss=args.catalogue_loss),
-        max_train_queries=args.max_train_queries,
-        cross_encoder=args.cross_encoder, cross_encoder_queries=args.cross_encoder_queries,
-    )
-    results = run_search_benchmark(data, encoder, config, cache=EmbeddingCache(workdir / "text-cache"))
+    features = encode_text(data.dataset, encoder, workdir / "text-cache", progress=True)
+    results = run_search_benchmark(data.dataset, features, config)
     table = search_results_markdown(results)
     print(table)
     payload = {
@@ -104,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "data": {"counts": data.counts, "queries": data.queries["split"].value_counts().to_dict(),
-                 "products": data.snapshot.num_products, "prepare_seconds": round(prepared, 1)},
-        "config": {"models": config.models, "modes": config.modes, "train": asdict(config.train),
-                   "batch_size": config.batch_size, "tuned_batch_size": config.tuned_batch_size,
-                   "tuned_epochs": config.tuned_epochs, "max_train_queries": config.max_train_queries,
-                   "max_length": args.max_length},
+        "data": {"counts": data.counts, "queries": data.dataset.queries["split"].value_counts().to_dict(),
+                 "products": data.dataset.snapshot.num_products, "prepare_seconds": round(prepared, 1)},
+        "config": {"models": config.models, "modes": config.modes, "train": asdict(settings.train),
+                   "batch_size": settings.search_batch_size, "tuned_batch_size": settings.tuned_batch_size,
+                   "tuned_epochs": config.tuned_epochs, "max_train_queries": settings.max_search_queries,
+                   "max_length": args.max_length, "fused": asdict(settings.fused), "bootstrap": config.bootstrap},
         "results": [asdict(r) for r in results],
         "table": table,
     }

@@ -1,18 +1,16 @@
 """The evaluation report: the side-by-side benchmark with confidence intervals, significance
 against the fused model, curves and breakdowns, written as ``report.md`` and ``report.html``.
 
-Three steps, each usable alone:
+Two steps, each usable alone, after a comparison (:func:`kgrec.workflow.evaluate.evaluate_store`)
+has gathered a :class:`ReportRun` (the rows, the training histories and the per-example test results
+of :func:`kgrec.evaluation.recommendation.evaluate_detailed`):
 
-1. :func:`run_report_benchmark` trains and evaluates the models like
-   :func:`kgrec.workflow.rec_benchmark.run_benchmark` (same builders, trainer, configs and evaluator)
-   and keeps what the report needs besides the means: the training histories and the
-   per-example test results of :func:`kgrec.evaluation.recommendation.evaluate_detailed`;
-2. :func:`save_run` writes ``results.json`` (the payload of
+1. :func:`save_run` writes ``results.json`` (the payload of
    :func:`kgrec.evaluation.results.write_results`, plus histories, aggregates and split facts) and
    ``per_user.parquet`` (one row per model and test example: the target's position in the
    top 50 and its full rank, from which every metric@K is recomputed, see
    :func:`kgrec.evaluation.metrics.metrics_from_position`), so significance can be recomputed later;
-3. :func:`write_report` reads those two files (or a bare ``results.json`` of ``kgrec demo``,
+2. :func:`write_report` reads those two files (or a bare ``results.json`` of ``kgrec demo``,
    which gives a table without intervals) and writes the report with its figures.
 """
 from __future__ import annotations
@@ -54,50 +52,6 @@ class ReportRun:
     evals: dict  # model -> kgrec.evaluation.recommendation.DetailedEvalResult (test)
     sampled: dict = field(default_factory=dict)  # model -> EvalResult of the sampled protocol
     snapshot_facts: dict = field(default_factory=dict)
-
-
-def run_report_benchmark(
-    snapshot,
-    text_features: torch.Tensor | None,
-    config,
-    progress: bool = True,
-    sampled_negatives: int = 0,
-    sampled_seed: int = 0,
-) -> ReportRun:
-    """:func:`kgrec.workflow.rec_benchmark.run_benchmark` that keeps histories and per-example test results.
-
-    The valid/test means in ``results`` are computed exactly as ``run_benchmark`` does
-    (:func:`kgrec.evaluation.recommendation.evaluate` for valid; the test means come from
-    :func:`kgrec.evaluation.recommendation.evaluate_detailed`, which ranks identically and adds AUC,
-    coverage and popularity bias). ``sampled_negatives > 0`` adds the sampled protocol
-    (:func:`kgrec.evaluation.protocols.evaluate_sampled`), reported apart.
-    """
-    from kgrec.evaluation.protocols import evaluate_sampled, leakage_counts, split_summary
-    from kgrec.evaluation.recommendation import evaluate_detailed
-    from kgrec.workflow.rec_benchmark import run_benchmark
-
-    histories, evals, sampled = {}, {}, {}
-    depth = min(CURVE_DEPTH, snapshot.num_products)
-    pending: dict = {}
-
-    def evaluate_test(model, train_cfg) -> dict[str, float]:
-        detailed = evaluate_detailed(model, snapshot, "test", tuple(sorted(set(config.ks) | {depth})),
-                                     train_cfg.max_history, coverage_ks=tuple(k for k in (10, 20) if k <= depth))
-        pending["detailed"] = detailed
-        return {**detailed.metrics, **detailed.aggregate}
-
-    def on_trained(name, model, train_cfg, history) -> None:
-        histories[name] = history
-        evals[name] = pending.pop("detailed")
-        if sampled_negatives:
-            sampled[name] = evaluate_sampled(model, snapshot, "test", sampled_negatives, ks=(1, 5, 10),
-                                             seed=sampled_seed, max_history=train_cfg.max_history)
-
-    results = run_benchmark(snapshot, text_features, config, progress, evaluate_test, on_trained)
-    facts = {"split": split_summary(snapshot), "leakage": leakage_counts(snapshot),
-             "num_users": snapshot.num_users, "num_products": snapshot.num_products,
-             "data_fingerprint": snapshot.fingerprint()}
-    return ReportRun(results, histories, evals, sampled, facts)
 
 
 def per_user_frame(run: ReportRun, snapshot) -> pd.DataFrame:

@@ -23,16 +23,16 @@ from kgrec.evaluation.protocols import evaluate_sampled, leakage_counts, split_s
 from kgrec.evaluation.recommendation import DetailedEvalResult, evaluate, evaluate_detailed
 from kgrec.evaluation.report import CURVE_DEPTH, ReportRun, save_run, write_report
 from kgrec.evaluation.results import ModelResult, SearchResult
-from kgrec.evaluation.search import model_scores, search_metrics_per_query
+from kgrec.evaluation.search import ScoreFn, model_scores, search_metrics_per_query
 from kgrec.evaluation.search_metrics import mean_search_metrics
 from kgrec.evaluation.significance import paired_test
 from kgrec.fusion.registry import MODELS, spec
 from kgrec.kg.store import GraphStore
 from kgrec.search.bm25 import BM25Ranker
-from kgrec.search.hybrid import choose_lexical_weight, mix
+from kgrec.search.hybrid import HybridSearch, choose_lexical_weight, mix
 from kgrec.workflow.data import TASKS, Dataset, SplitConfig, load_dataset
 from kgrec.workflow.features import TextFeatures, encode_text, load_text_encoder
-from kgrec.workflow.models import ModelSettings, model_tasks, search_examples, train_model
+from kgrec.workflow.models import ModelSettings, TrainedModel, model_tasks, search_examples, train_model
 from kgrec.workflow.store import WorkflowError
 
 #: Search rankers that are not registered models: the floor and the lexical baseline.
@@ -130,10 +130,39 @@ def resolve_models(models: tuple[str, ...] | None, tasks: tuple[str, ...]) -> li
     return fit
 
 
-class _SearchBench:
-    """The search side of a run: test/valid batches, BM25, per-query metrics, paired tests vs BM25."""
+@dataclass
+class ScoredRanker:
+    """A search ranker scored by :class:`SearchBench`: its row, how it scores a batch, its test scores.
+
+    Attributes:
+        row: the :class:`~kgrec.evaluation.results.SearchResult` (test means per protocol, paired test).
+        scores: ``batch -> [B, P]`` scores (a model's ``search_logits``, or the hybrid mix); a later
+            stage (the hybrid, a cross-encoder) scores other queries with it.
+        test: ``[Q_test, P]`` scores of the test queries.
+    """
+
+    row: SearchResult
+    scores: ScoreFn
+    test: torch.Tensor
+
+
+class SearchBench:
+    """The search side of a comparison on one query-disjoint split, shared by every search table
+    (:func:`evaluate_store`, the Home Depot benchmark :mod:`kgrec.workflow.search_benchmark`).
+
+    Holds the valid/test judged queries, BM25 over the titles, and scores every row the same way:
+    per-query metrics under both protocols (``full``: the whole catalogue; ``rerank``: each query's
+    judged products), their test means, and a paired test of NDCG@10 (full) against BM25 on the
+    same queries. The hybrid's lexical weight is chosen on the validation queries only.
+
+    Args:
+        dataset: the split data; ``features``: its text vectors (the queries' rows).
+        ks: metric cut-offs (the paired test needs 10 among them).
+        seed, bootstrap: seed and resamples of the paired tests and of the ``random`` floor.
+    """
 
     def __init__(self, dataset: Dataset, features: TextFeatures, ks: tuple[int, ...], seed: int, bootstrap: int) -> None:
+        self.snapshot = dataset.snapshot
         self.valid = search_examples(dataset, features, "valid")
         self.test = search_examples(dataset, features, "test")
         self.query_ids = list(dataset.judgements[dataset.judgements["split"] == "test"]["query_id"].drop_duplicates().sort_values())
@@ -149,16 +178,20 @@ class _SearchBench:
 
     @property
     def bm25_valid(self) -> torch.Tensor:
+        """``[Q_valid, P]`` BM25 scores of the validation queries (computed once, when first needed)."""
         if self._bm25_valid is None:
             self._bm25_valid = self.bm25.score_all(list(self.valid.texts or []))
         return self._bm25_valid
 
-    def _per_query(self, scores: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        return {p: search_metrics_per_query(scores, self.test, ks=self.ks, protocol=p) for p in SEARCH_PROTOCOLS}
+    def _per_query(self, scores: torch.Tensor, rerank_scores: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        return {p: search_metrics_per_query(rerank_scores if p == "rerank" and rerank_scores is not None else scores,
+                                            self.test, ks=self.ks, protocol=p) for p in SEARCH_PROTOCOLS}
 
     def row(self, name: str, mode: str, scores: torch.Tensor, valid_ndcg: float | None, seconds: float,
-            parameters: int, epochs: int, extra: dict | None = None) -> SearchResult:
-        per_query = self._per_query(scores)
+            parameters: int, epochs: int, extra: dict | None = None, rerank_scores: torch.Tensor | None = None) -> SearchResult:
+        """The row of a ranker from its ``[Q_test, P]`` test ``scores`` (``rerank_scores``: ``[Q_test, J]``
+        scores of each query's judged products for the ``rerank`` protocol, when they differ)."""
+        per_query = self._per_query(scores, rerank_scores)
         self.per_query[name] = per_query
         extra = dict(extra or {})
         if self.reference is not None and name != "bm25":
@@ -166,6 +199,37 @@ class _SearchBench:
                                                    seed=self.seed).as_dict()
         test = {p: mean_search_metrics(v) for p, v in per_query.items()}
         return SearchResult(name, mode, test, valid_ndcg, round(seconds, 1), parameters, epochs, extra)
+
+    def baseline_row(self, name: str) -> SearchResult:
+        """The row of a search baseline: ``"random"`` (the floor: seeded uniform scores) or ``"bm25"``."""
+        if name == "random":
+            scores = torch.rand(len(self.test), self.num_products, generator=torch.Generator().manual_seed(self.seed))
+            return self.row("random", "-", scores, None, 0.0, 0, 0)
+        if name == "bm25":
+            return self.row("bm25", "-", self.bm25_test, None, self.bm25_seconds, 0, 0)
+        raise WorkflowError(f"unknown search baseline {name!r}; choose from {list(SEARCH_BASELINES)}")
+
+    def model_row(self, trained: TrainedModel, name: str | None = None, extra: dict | None = None) -> ScoredRanker:
+        """Score a trained model on the test queries over the test-time graph (``name``: its row's
+        name, default the model's; ``extra``: more facts for the row)."""
+        model, history = trained.model, trained.history
+        model.set_graph(self.snapshot.message_passing("test"))
+        scores_of = model_scores(model)
+        test_scores = scores_of(self.test)
+        row = self.row(name or trained.name, model_mode(model), test_scores, history.best("search"), history.seconds,
+                       trained.trainable_parameters, len(history.losses),
+                       {"tasks": list(trained.tasks), "valid_curve": history.valid_search_ndcg, **(extra or {})})
+        return ScoredRanker(row, scores_of, test_scores)
+
+    def hybrid_row(self, dense: ScoredRanker) -> ScoredRanker:
+        """``dense`` mixed with BM25 (:mod:`kgrec.search.hybrid`), the lexical weight chosen on the
+        validation queries; the row is named ``"<dense> + bm25"``."""
+        start = time.perf_counter()
+        choice = choose_lexical_weight(dense.scores(self.valid), self.bm25_valid, self.valid)
+        mixed = mix(dense.test, self.bm25_test, choice.weight)
+        row = self.row(f"{dense.row.model} + bm25", dense.row.mode, mixed, choice.best, time.perf_counter() - start, 0, 0,
+                       {"lexical_weight": choice.weight, "valid_curve": {str(w): v for w, v in choice.curve.items()}})
+        return ScoredRanker(row, HybridSearch(dense.scores, self.bm25, choice.weight), mixed)
 
     def frame(self) -> pd.DataFrame:
         """One row per (model, protocol, test query) with every metric (for later recomputation)."""
@@ -175,6 +239,12 @@ class _SearchBench:
                 frames.append(pd.DataFrame({"model": model, "protocol": protocol, "query_id": self.query_ids,
                                             **{m: v.numpy() for m, v in metrics.items()}}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def model_mode(model: torch.nn.Module) -> str:
+    """How a model's BERT was trained: its text tower's tuning mode, or ``"frozen"`` (cached vectors)."""
+    tower = getattr(model, "text_tower", None)
+    return str(tower.mode) if tower is not None else "frozen"
 
 
 def evaluate_store(
@@ -216,7 +286,7 @@ def evaluate_store(
         features = encode_text(dataset, encoder, config.cache_dir, progress=progress)
 
     seed = config.settings.seed if config.settings.seed is not None else 0
-    bench = _SearchBench(dataset, features, config.search_ks, seed, config.bootstrap) if "search" in tasks and features else None
+    bench = SearchBench(dataset, features, config.search_ks, seed, config.bootstrap) if "search" in tasks and features else None
     rec_rows: list[ModelResult] = []
     search_rows: list[SearchResult] = []
     histories: dict = {}
@@ -225,21 +295,17 @@ def evaluate_store(
     snapshot = dataset.snapshot
     depth = min(CURVE_DEPTH, snapshot.num_products)
     for name in names:
-        if name == "random":
+        if name in SEARCH_BASELINES:
             assert bench is not None
-            scores = torch.rand(len(bench.test), bench.num_products, generator=torch.Generator().manual_seed(seed))
-            search_rows.append(bench.row("random", "-", scores, None, 0.0, 0, 0))
-            continue
-        if name == "bm25":
-            assert bench is not None
-            search_rows.append(bench.row("bm25", "-", bench.bm25_test, None, bench.bm25_seconds, 0, 0))
-            say(f"bm25: search test ndcg@10 {search_rows[-1].test['full'].get('ndcg@10', float('nan')):.4f}")
+            search_rows.append(bench.baseline_row(name))
+            if name == "bm25":
+                say(f"bm25: search test ndcg@10 {search_rows[-1].test['full'].get('ndcg@10', float('nan')):.4f}")
             continue
         trained = train_model(name, dataset, features, model_tasks(name, tasks), config.settings, progress=progress)
         model, history, train_cfg = trained.model, trained.history, trained.train_config
         max_history = train_cfg.max_history if train_cfg is not None else 50
         parameters = trained.trainable_parameters
-        mode = config.settings.text_tuning if getattr(model, "text_tower", None) is not None else "frozen"
+        mode = model_mode(model)
         line = [f"{name}:"]
         if "rec" in trained.tasks:
             ks = tuple(sorted(set(config.rec_ks) | {depth}))
@@ -259,21 +325,14 @@ def evaluate_store(
                                                  max_history=max_history)
             line.append(f"rec test ndcg@10 {detailed.metrics.get('ndcg@10', float('nan')):.4f}")
         if "search" in trained.tasks and bench is not None:
-            model.set_graph(snapshot.message_passing("test"))
-            scores_of = model_scores(model)
-            test_scores = scores_of(bench.test)
-            row = bench.row(name, mode, test_scores, history.best("search"), history.seconds, parameters,
-                            len(history.losses), {"tasks": list(trained.tasks), "valid_curve": history.valid_search_ndcg})
-            search_rows.append(row)
-            line.append(f"search test ndcg@10 {row.test['full'].get('ndcg@10', float('nan')):.4f}")
+            scored = bench.model_row(trained)
+            search_rows.append(scored.row)
+            line.append(f"search test ndcg@10 {scored.row.test['full'].get('ndcg@10', float('nan')):.4f}")
             if config.hybrid and name == "fused":
-                hybrid_start = time.perf_counter()
-                choice = choose_lexical_weight(scores_of(bench.valid), bench.bm25_valid, bench.valid)
-                mixed = mix(test_scores, bench.bm25_test, choice.weight)
-                search_rows.append(bench.row(f"{name} + bm25", mode, mixed, choice.best, time.perf_counter() - hybrid_start, 0, 0,
-                                             {"lexical_weight": choice.weight,
-                                              "valid_curve": {str(w): v for w, v in choice.curve.items()}}))
-                line.append(f"hybrid (w={choice.weight}) {search_rows[-1].test['full'].get('ndcg@10', float('nan')):.4f}")
+                hybrid = bench.hybrid_row(scored)
+                search_rows.append(hybrid.row)
+                line.append(f"hybrid (w={hybrid.row.extra['lexical_weight']}) "
+                            f"{hybrid.row.test['full'].get('ndcg@10', float('nan')):.4f}")
         say(" ".join(line) + f" ({history.seconds:.0f} s)")
         del model, trained
         gc.collect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from kgrec.encoders.tuning import TUNING_MODES, TextTuningConfig, TunedTextEncoder
@@ -42,6 +43,9 @@ class ModelSettings:
         tuned_batch_size: examples per step when BERT trains (its steps cost BERT passes over the
             batch's texts; default 64).
         seed, device, epochs: applied to every trainer config when set (None = keep).
+        max_search_queries: the search loss learns from at most this many judged train queries,
+            a sample seeded by the trainer's seed (None = all, the default); the graph keeps every
+            train query.
     """
 
     fused: FusedConfig | None = None
@@ -54,6 +58,7 @@ class ModelSettings:
     seed: int | None = None
     device: str | None = None
     epochs: int | None = None
+    max_search_queries: int | None = None
 
     def __post_init__(self) -> None:
         if self.text_tuning not in TUNING_MODES:
@@ -64,6 +69,12 @@ class ModelSettings:
             raise WorkflowError(f"the search weight must be >= 0, got {self.search_weight}")
         if self.epochs is not None and self.epochs < 0:
             raise WorkflowError(f"epochs must be >= 0, got {self.epochs}")
+        if self.max_search_queries is not None and self.max_search_queries < 1:
+            raise WorkflowError(f"the most search queries to train on must be >= 1, got {self.max_search_queries}")
+
+    def search_batch(self, tuned: bool) -> int:
+        """Judged queries per search step: ``tuned_batch_size`` when BERT trains, else ``search_batch_size``."""
+        return self.tuned_batch_size if tuned else self.search_batch_size
 
     def train_config(self, entry: ModelSpec) -> TrainConfig | None:
         """The trainer settings of ``entry`` (None: the model is not trained)."""
@@ -96,13 +107,39 @@ def fused_config_for(tasks: tuple[str, ...]) -> FusedConfig:
     return FusedConfig()
 
 
-def search_examples(dataset: Dataset, features: TextFeatures, split: str, max_history: int = 1) -> SearchBatch:
+def search_examples(dataset: Dataset, features: TextFeatures, split: str, max_history: int = 1,
+                    limit: int | None = None, seed: int = 0) -> SearchBatch:
     """The judged queries of ``split`` as a :class:`~kgrec.fusion.data.SearchBatch` (train queries
-    carry their node index in the graph, so their own judged edges are hidden while trained on)."""
+    carry their node index in the graph, so their own judged edges are hidden while trained on).
+
+    Args:
+        limit: keep at most this many queries, a sample drawn with ``seed`` (None = all).
+    """
     frame = dataset.judgements[dataset.judgements["split"] == split]
+    if limit is not None:
+        ids = np.sort(frame["query_id"].astype(str).unique())
+        if len(ids) > limit:
+            keep = np.random.default_rng(seed).choice(ids, size=limit, replace=False)
+            frame = frame[frame["query_id"].astype(str).isin(set(keep))]
     rows = {q: i for i, q in enumerate(dataset.queries["query_id"].astype(str))}
     nodes = {q: i for i, q in enumerate(dataset.snapshot.id_maps.get(QUERY_NODE_TYPE, []))} if split == "train" else None
     return judged_examples(frame, features.queries, rows, nodes, max_history=max_history)
+
+
+@dataclass
+class SearchSupervision:
+    """Search examples that do not come from the dataset's judgements (e.g. personalised search,
+    where each purchase is a query issued by its user; :func:`kgrec.search.examples.category_path_examples`).
+
+    Attributes:
+        train: the examples the search loss learns from.
+        valid: the examples early stopping scores (NDCG@10, ``full`` protocol).
+        exclude_history: validation drops each example's history products from the ranking.
+    """
+
+    train: SearchBatch
+    valid: SearchBatch
+    exclude_history: bool = False
 
 
 @dataclass
@@ -152,9 +189,14 @@ def train_model(
     tasks: tuple[str, ...],
     settings: ModelSettings,
     progress: bool = False,
+    search: SearchSupervision | None = None,
 ) -> TrainedModel:
     """Build model ``name`` and train it on the ``tasks`` it supports, early-stopping on their
     validation NDCG@10 (mean over the tasks); the best weights (possibly the untrained start) are kept.
+
+    Args:
+        search: search examples to train and validate on instead of the dataset's judged queries
+            (None = the judged queries of the split, :func:`search_examples`).
 
     Raises:
         WorkflowError: the model supports none of ``tasks``.
@@ -171,21 +213,24 @@ def train_model(
     if isinstance(model, FusedRecommender) and tower is not None and settings.text_tuning == "prompt":
         model.refresh_text()  # virtual tokens change even the untrained tower's vectors
     max_history = train_config.max_history if train_config is not None else 50
-    supervised = tuple(t for t in tasks if dataset.why_not(t) is None)
+    supervised = tuple(t for t in tasks if dataset.why_not(t) is None or (t == "search" and search is not None))
     if train_config is None or train_config.epochs == 0 or not supervised:
         model.set_graph(dataset.snapshot.message_passing("train"))  # untrained: popularity counts, zero-shot text
         model.eval()
         return TrainedModel(name, model, tasks, TrainHistory(), train_config)
     validators: dict[str, Validator] = {}
-    search = None
     if "rec" in supervised:
         validators["rec"] = ndcg_validator(dataset.snapshot, "valid", max_history=max_history)
+    task = None
     if "search" in supervised:
-        assert features is not None
-        validators["search"] = search_validator(search_examples(dataset, features, "valid"))
-        search = SearchTask(train=search_examples(dataset, features, "train"), weight=settings.search_weight,
-                            batch_size=settings.search_batch_size if tower is None else settings.tuned_batch_size)
-    history = fit(model, dataset.snapshot, train_config, progress=progress, search=search, validators=validators,
+        if search is None:
+            assert features is not None
+            search = SearchSupervision(search_examples(dataset, features, "train", limit=settings.max_search_queries,
+                                                       seed=train_config.seed),
+                                       search_examples(dataset, features, "valid"))
+        validators["search"] = search_validator(search.valid, exclude_history=search.exclude_history)
+        task = SearchTask(train=search.train, weight=settings.search_weight, batch_size=settings.search_batch(tower is not None))
+    history = fit(model, dataset.snapshot, train_config, progress=progress, search=task, validators=validators,
                   rec="rec" in supervised)
     model.eval()
     return TrainedModel(name, model, tasks, history, train_config, validators)

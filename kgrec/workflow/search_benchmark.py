@@ -1,88 +1,86 @@
-"""Train and evaluate search rankers side by side on one query-disjoint split.
+"""Search benchmarks on the one workflow path, with what ``kgrec evaluate`` does not run.
 
-Home Depot (graded human judgements) goes the way every catalogue goes: converted to
-kgrec tables (:mod:`kgrec.ingest.homedepot`), ingested into a knowledge graph, exported
-(:mod:`kgrec.kg.export`), split by query (:func:`kgrec.kg.judgements.query_disjoint_split`). Then
-in one run: BM25 (bm25s), the untrained text encoder (cosine), and the fused scorer as
-text-only, graph-only and text+graph, the last in each knowledge-sedimentation mode of
-its BERT (frozen with cached vectors, full fine-tuning, LoRA, IA3, prompt tuning;
-:mod:`kgrec.encoders.tuning`). Every model is scored on the same test queries with two
-protocols: ``full`` (rank the whole catalogue; unjudged products gain 0) and ``rerank``
-(order each query's judged products).
+Home Depot (graded human judgements) is converted to kgrec tables (:mod:`kgrec.ingest.homedepot`),
+ingested (:func:`kgrec.workflow.ingest.ingest_files`) and split by query
+(:func:`kgrec.workflow.data.load_dataset`); text comes from :func:`kgrec.workflow.features.encode_text`,
+models from :func:`kgrec.workflow.models.train_model`, and every row is scored by
+:class:`kgrec.workflow.evaluate.SearchBench`, as in :func:`kgrec.workflow.evaluate.evaluate_store`.
+Beyond ``kgrec evaluate``, :func:`run_search_benchmark` trains the fused model in several
+knowledge-sedimentation modes of its BERT in one run (:mod:`kgrec.encoders.tuning`), each with its
+own batch size and epochs, mixes each with BM25, and can add a cross-encoder second stage
+(:mod:`kgrec.search.rerank`).
+
+:func:`run_personalized_search` is the personalised product-search protocol of HEM / ZAM on a
+recommendation split: each purchase is a search issued by its user.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
-from kgrec.evaluation.recommendation import ndcg_validator
+from kgrec.evaluation.recommendation import evaluate
 from kgrec.evaluation.results import SearchResult, search_results_markdown  # noqa: F401 - re-exported
-from kgrec.evaluation.search import evaluate_search, model_scores, search_validator
-from kgrec.evaluation.search import search_metrics_per_query as evaluate_search_per_query
-from kgrec.evaluation.search_metrics import mean_search_metrics
-from kgrec.evaluation.significance import paired_test
+from kgrec.evaluation.search import evaluate_search, model_scores
 from kgrec.fusion.data import SearchBatch
 from kgrec.fusion.models import FusedConfig, FusedRecommender
-from kgrec.fusion.train import SearchTask, TrainConfig, fit
+from kgrec.fusion.train import TrainConfig
+from kgrec.ingest.homedepot import convert_homedepot
 from kgrec.kg.export import GraphSnapshot
-from kgrec.kg.judgements import query_disjoint_split
-from kgrec.search.examples import judged_examples, search_graph
-from kgrec.search.hybrid import HybridSearch, choose_lexical_weight, mix
+from kgrec.kg.schema import CATEGORY_SEPARATOR
+from kgrec.kg.store import GraphStore
+from kgrec.search.bm25 import BM25Ranker
+from kgrec.search.examples import anonymous, category_path_examples, category_query
+from kgrec.search.rerank import CrossEncoderConfig, CrossEncoderReranker
+from kgrec.workflow.data import Dataset, SplitConfig, load_dataset
+from kgrec.workflow.evaluate import SEARCH_BASELINES, ScoredRanker, SearchBench
+from kgrec.workflow.features import TextFeatures
+from kgrec.workflow.ingest import ingest_files
+from kgrec.workflow.models import ModelSettings, SearchSupervision, TrainedModel, fused_config_for, search_examples, train_model
+from kgrec.workflow.store import WorkflowError, open_store
 
 #: Baselines and fused variants, in table order (``fused`` runs once per tuning mode;
 #: ``hybrid`` mixes each fused model with BM25, :mod:`kgrec.search.hybrid`).
 SEARCH_MODELS = ("random", "bm25", "text-zero-shot", "text-only", "graph-only", "fused", "hybrid")
-PROTOCOLS = ("full", "rerank")
 
 
 @dataclass
-class SearchData:
-    """A judged search collection inside a knowledge graph.
+class HomeDepotData:
+    """Home Depot in a store, split: the :class:`~kgrec.workflow.data.Dataset` and the counts of
+    conversion (``rows_read``, ``loaded``, ``rejected``, ``queries``, ``products``, ``reject_reasons``)
+    and ingest (``counts["ingest"]``: ``read``, ``loaded``, ``rejected``)."""
 
-    Attributes:
-        snapshot: the exported graph (products and whatever else the store holds).
-        judgements: ``query_id``, ``query``, ``product`` (index), ``label``, ``grade``, ``split``.
-        queries: one row per query: ``query_id``, ``query``, ``split``.
-        titles: ``[P]`` product texts the rankers read (the catalogue's titles).
-        counts: conversion and ingest counts (rows read / loaded / rejected ...).
-    """
-
-    snapshot: GraphSnapshot
-    judgements: pd.DataFrame
-    queries: pd.DataFrame
-    titles: list[str]
-    counts: dict = field(default_factory=dict)
+    dataset: Dataset
+    counts: dict
+    store: Path
 
 
-def homedepot_data(src: str | Path, workdir: str | Path, seed: int = 0,
-                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> SearchData:
-    """Home Depot -> tables -> embedded knowledge graph -> snapshot + split judgements.
+def homedepot_data(src: str | Path, workdir: str | Path, split: SplitConfig | None = None) -> HomeDepotData:
+    """Home Depot ``train.csv(.zip)`` -> tables (``WORKDIR/tables``) -> embedded store (``WORKDIR/store``)
+    -> dataset with the query-disjoint split of ``split`` (default 80/10/10, seed 0).
 
     Grades are the raters' 1..3 mean minus 1 (0 = irrelevant, 2 = exact match), as the converter writes them."""
-    from kgrec.ingest.homedepot import convert_homedepot
-    from kgrec.ingest.pipeline import IngestConfig, ingest
-    from kgrec.ingest.sources import discover
-    from kgrec.kg.embedded import EmbeddedStore
-    from kgrec.kg.export import export_judgements, export_snapshot
-
     workdir = Path(workdir)
-    counts = convert_homedepot(src, workdir / "tables")
-    store = EmbeddedStore(workdir / "store")
-    report = ingest(store, discover([workdir / "tables"]).sources, IngestConfig(state_dir=workdir / "ingest-state"))
+    counts: dict = dict(convert_homedepot(src, workdir / "tables"))
+    report = ingest_files([workdir / "tables"], workdir / "store").report
     counts["ingest"] = {"read": report.read, "loaded": report.loaded, "rejected": report.rejected}
-    snapshot = export_snapshot(store, require_interactions=False)
-    judgements = export_judgements(store, snapshot)
-    titles = store.nodes("Product").set_index("product_id")["title"].astype(str)
-    titles = titles.reindex(snapshot.id_maps["product"]).fillna("").tolist()
-    judgements["grade"] = judgements["label"].astype(float)  # the converter wrote grades 0..2
-    judgements["split"] = query_disjoint_split(judgements["query_id"], fractions, seed)
-    queries = judgements.drop_duplicates("query_id")[["query_id", "query", "split"]].reset_index(drop=True)
-    return SearchData(snapshot, judgements, queries, titles, counts)
+    store = open_store(workdir / "store")
+    try:
+        dataset = load_dataset(store, split)
+    finally:
+        store.close()
+    return HomeDepotData(dataset, counts, workdir / "store")
+
+
+def search_settings(**overrides) -> ModelSettings:
+    """The benchmark's default :class:`~kgrec.workflow.models.ModelSettings`: the search-only fused
+    config (:func:`~kgrec.workflow.models.fused_config_for`), 8 epochs at lr 1e-3 with patience 2,
+    512 queries per step in every mode; ``overrides``: fields to replace."""
+    base = ModelSettings(fused=fused_config_for(("search",)), train=TrainConfig(epochs=8, lr=1e-3, patience=2),
+                         search_batch_size=512, tuned_batch_size=512)
+    return replace(base, **overrides)
 
 
 @dataclass
@@ -90,41 +88,29 @@ class SearchBenchmarkConfig:
     """What :func:`run_search_benchmark` trains and how.
 
     Attributes:
-        models: names from :data:`SEARCH_MODELS`.
-        modes: knowledge-sedimentation modes the fused model runs in (``kgrec.encoders.tuning``).
-        train: trainer settings (epochs, lr of the non-BERT parts, patience, device).
-        batch_size: queries per step (default 512: a step costs about the same for any batch, the catalogue-wide parts dominate).
-        fused: architecture of the text/graph models (the search graph feeds query and
-            product text into the GNN, so ``graph_text_input`` defaults to True; products and
-            query nodes are feature-only, ``feature_ids=False``: most relevant test products
-            were judged for no train query; the gate starts at 95% text, ``gate_bias=3.0``;
-            fine-tuned towers add the whole-catalogue loss on cached text, ``catalogue_loss=1.0``).
-        tuned_batch_size, tuned_epochs: batch size and epochs of the fused models whose BERT
-            trains (modes other than ``frozen``; default None: ``batch_size`` / ``train.epochs``).
-            Their steps cost BERT passes over the batch's texts and their softmax runs over the
-            batch's products, so smaller, more numerous batches suit them.
-        max_train_queries: train on at most this many train queries (None = all).
-        ks: metric cut-offs.
-        cross_encoder: add a second stage: a cross-encoder (:mod:`kgrec.search.rerank`) re-orders the
-            first stage's top ``rerank_depth`` (full protocol) and the judged products (rerank
-            protocol). The first stage is the last fused model, mixed with BM25 when ``hybrid``
-            ran. The cross-encoder trains on ``cross_encoder_queries`` train queries, each with
-            its judged products and its first-stage top ``rerank_depth`` (unjudged ones as
-            grade-0 negatives: the candidates it will re-order at test time).
+        models: names from :data:`SEARCH_MODELS` (``hybrid`` needs ``fused``).
+        modes: knowledge-sedimentation modes the fused model runs in (``frozen``, ``full``,
+            ``lora``, ``ia3``, ``prompt``); the other models run ``frozen``.
+        settings: configs and trainer settings of every model (:func:`search_settings`): the frozen
+            modes train with ``settings.search_batch_size`` queries per step, the modes whose BERT
+            trains with ``settings.tuned_batch_size`` (their steps cost BERT passes over the batch's
+            texts); ``settings.max_search_queries`` caps the train queries.
+        tuned_epochs: epochs of the modes whose BERT trains (None = the frozen modes' epochs).
+        ks: metric cut-offs. bootstrap: resamples of the paired tests against BM25.
+        cross_encoder: add a second stage: a cross-encoder re-orders the first stage's top
+            ``rerank_depth`` (full protocol) and the judged products (rerank protocol). The first
+            stage is the last fused model, mixed with BM25 when ``hybrid`` ran. The cross-encoder
+            trains on ``cross_encoder_queries`` of the fused model's train queries, each with its
+            judged products and its first-stage top ``rerank_depth`` (unjudged ones as grade-0
+            negatives: the candidates it will re-order at test time).
     """
 
     models: tuple[str, ...] = SEARCH_MODELS
     modes: tuple[str, ...] = ("frozen",)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, lr=1e-3, patience=2))
-    batch_size: int = 512
-    tuned_batch_size: int | None = None
+    settings: ModelSettings = field(default_factory=search_settings)
     tuned_epochs: int | None = None
-    fused: FusedConfig = field(
-        default_factory=lambda: FusedConfig(graph_text_input=True, personalize_search=False, feature_ids=False,
-                                            gate_bias=3.0, catalogue_loss=1.0)
-    )
-    max_train_queries: int | None = None
     ks: tuple[int, ...] = (3, 10)
+    bootstrap: int = 2000
     cross_encoder: bool = False
     cross_encoder_queries: int = 1000
     rerank_depth: int = 20
@@ -132,159 +118,86 @@ class SearchBenchmarkConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.models if m not in SEARCH_MODELS]
         if unknown:
-            raise ValueError(f"unknown search models {unknown}; choose from {list(SEARCH_MODELS)}")
+            raise WorkflowError(f"unknown search models {unknown}; choose from {list(SEARCH_MODELS)}")
         if "hybrid" in self.models and "fused" not in self.models:
-            raise ValueError("the hybrid model mixes the fused model with BM25: add 'fused' to the models")
+            raise WorkflowError("the hybrid model mixes the fused model with BM25: add 'fused' to the models")
+        for mode in self.modes:
+            replace(self.settings, text_tuning=mode)  # an unknown mode raises WorkflowError naming the choices
+
+    @property
+    def seed(self) -> int:
+        """The run's seed: ``settings.seed``, else the trainer's."""
+        if self.settings.seed is not None:
+            return self.settings.seed
+        return self.settings.train.seed if self.settings.train is not None else 0
+
+    def mode_settings(self, mode: str) -> ModelSettings:
+        """The settings of a model whose BERT runs in ``mode`` (its epochs: ``tuned_epochs`` when BERT trains)."""
+        if mode == "frozen" or self.tuned_epochs is None:
+            return replace(self.settings, text_tuning=mode)
+        return replace(self.settings, text_tuning=mode, epochs=self.tuned_epochs)
 
 
-def _split_examples(data: SearchData, split: str, vectors: torch.Tensor, index: dict[str, int],
-                    nodes: dict[str, int] | None, limit: int | None = None, seed: int = 0) -> SearchBatch:
-    frame = data.judgements[data.judgements["split"] == split]
-    if limit is not None:
-        ids = np.sort(frame["query_id"].unique())
-        if len(ids) > limit:
-            keep = np.random.default_rng(seed).choice(ids, size=limit, replace=False)
-            frame = frame[frame["query_id"].isin(set(keep))]
-    return judged_examples(frame, vectors, index, nodes)
+def _training_facts(trained: TrainedModel, settings: ModelSettings) -> dict:
+    """What a benchmark row records about training besides the common row (config, batch size, speed)."""
+    facts: dict = {"config": trained.model.config_dict()}
+    if trained.train_config is None:
+        return facts
+    tower = getattr(trained.model, "text_tower", None)
+    facts.update({"batch_size": settings.search_batch(tower is not None),
+                  "examples_per_second": round(trained.history.examples_per_second, 1),
+                  "train_step_seconds": round(trained.history.train_seconds, 1)})
+    if tower is not None:
+        facts["text_tower"] = {**tower.parameter_counts(), "lr": tower.config.learning_rate()}
+    return facts
 
 
-def run_search_benchmark(
-    data: SearchData,
-    encoder,
-    config: SearchBenchmarkConfig,
-    cache=None,
-    progress: bool = True,
-) -> list[SearchResult]:
-    """Train and evaluate every configured model on ``data``'s query-disjoint split.
+def _say(progress: bool, row: SearchResult) -> None:
+    if progress:
+        from tqdm.auto import tqdm
 
-    Args:
-        encoder: a :class:`~kgrec.encoders.text.TextEncoder` (queries and titles, all models).
-        cache: optional :class:`~kgrec.encoders.text.EmbeddingCache` for the frozen vectors.
+        tqdm.write(f"{row.model}: test ndcg@10 full {row.test['full'].get('ndcg@10', float('nan')):.4f} "
+                   f"rerank {row.test['rerank'].get('ndcg@10', float('nan')):.4f} ({row.train_seconds:.0f} s)")
+
+
+def run_search_benchmark(dataset: Dataset, features: TextFeatures, config: SearchBenchmarkConfig,
+                         progress: bool = True) -> list[SearchResult]:
+    """Train and evaluate every configured model on ``dataset``'s query-disjoint split; one row
+    per model (the fused model once per mode, named ``fused[MODE]`` beyond ``frozen``), the hybrid
+    rows at ``hybrid``'s place, the cross-encoder row last.
+
+    Raises:
+        WorkflowError: the dataset cannot be evaluated for search (see :meth:`Dataset.why_not`).
     """
-    from kgrec.encoders.tuning import TextTuningConfig, TunedTextEncoder
-    from kgrec.search.bm25 import BM25Ranker
-
-    snapshot = data.snapshot
-    titles = list(data.titles)
-    product_vectors = encoder.encode(titles, cache=cache, progress=progress)
-    query_vectors = encoder.encode(list(data.queries["query"]), cache=cache, progress=progress)
-    index = {q: i for i, q in enumerate(data.queries["query_id"])}
-    train_ids = sorted(data.queries.loc[data.queries["split"] == "train", "query_id"])
-    nodes = {q: i for i, q in enumerate(train_ids)}  # train queries become graph nodes
-    graph = search_graph(snapshot.message_passing("train"), data.judgements, nodes)
-    node_vectors = query_vectors[torch.as_tensor([index[q] for q in train_ids], dtype=torch.long)]
-    train = _split_examples(data, "train", query_vectors, index, nodes, config.max_train_queries, config.train.seed)
-    valid = _split_examples(data, "valid", query_vectors, index, None)
-    test = _split_examples(data, "test", query_vectors, index, None)
-    ks = config.ks
-
-    start = time.perf_counter()
-    bm25 = BM25Ranker(titles) if {"bm25", "hybrid"} & set(config.models) else None
-    bm25_test = bm25.score_all(test.texts) if bm25 is not None else None
-    bm25_seconds = round(time.perf_counter() - start, 1)  # index the titles + score the test queries
-    reference = (evaluate_search_per_query(bm25_test, test, ks=ks, protocol="full")["ndcg@10"]
-                 if bm25_test is not None and 10 in ks else None)
-
-    def score(scores, extra: dict | None = None) -> dict[str, dict[str, float]]:
-        """Test metrics per protocol; with ``extra``, the paired test against BM25 (full, NDCG@10)."""
-        per_query = {p: evaluate_search_per_query(scores, test, ks=ks, protocol=p) for p in PROTOCOLS}
-        if extra is not None and reference is not None:
-            extra["vs_bm25_ndcg@10"] = paired_test(per_query["full"]["ndcg@10"], reference, seed=config.train.seed).as_dict()
-        return {p: mean_search_metrics(v) for p, v in per_query.items()}
-
+    dataset.require(("search",))
+    bench = SearchBench(dataset, features, config.ks, config.seed, config.bootstrap)
     results: list[SearchResult] = []
-    hybrid_rows: list[SearchResult] = []  # built right after each fused model, listed at "hybrid"
-    bm25_valid = None
-    first_stage = None  # (model, mode, score fn, its test scores, name) of the last fused model
+    hybrids: list[SearchResult] = []  # built right after each fused model, listed at "hybrid"
+    first_stage: ScoredRanker | None = None  # the last fused model (or its hybrid): the cross-encoder's candidates
     for name in config.models:
-        start = time.perf_counter()
-        if name == "random":  # the floor: the rerank protocol is near-saturated on judged lists
-            g = torch.Generator().manual_seed(config.train.seed)
-            scores = torch.rand(len(test), snapshot.num_products, generator=g)
-            results.append(SearchResult(name, "-", score(scores), None, 0.0, 0, 0))
-        elif name == "bm25":
-            results.append(SearchResult(name, "-", score(bm25_test), None, bm25_seconds, 0, 0))
-        elif name == "hybrid":
-            results.extend(hybrid_rows)
-        elif name == "text-zero-shot":
-            q = torch.nn.functional.normalize(test.queries, dim=-1)
-            p = torch.nn.functional.normalize(product_vectors, dim=-1)
-            results.append(SearchResult(name, "frozen", score(q @ p.T), None, 0.0, 0, 0))
-        else:
-            modes = config.modes if name == "fused" else ("frozen",)
-            for mode in modes:
-                use_text, use_graph = {"text-only": (True, False), "graph-only": (False, True), "fused": (True, True)}[name]
-                fused_cfg = replace(config.fused, use_text=use_text, use_graph=use_graph,
-                                    graph_text_input=config.fused.graph_text_input and use_text)
-                tower = None
-                if mode != "frozen":
-                    tower = TunedTextEncoder(encoder, TextTuningConfig(mode=mode))
-                torch.manual_seed(config.train.seed)
-                model = FusedRecommender(
-                    0, snapshot.num_products, fused_cfg,
-                    text_features=product_vectors if use_text else None,
-                    num_nodes={**snapshot.num_nodes, "query": len(nodes)} if use_graph else None,
-                    edge_types=list(graph.edge_types) if use_graph else None,
-                    query_dim=query_vectors.shape[1],
-                    node_features={"query": node_vectors} if use_graph else None,
-                    text_tower=tower, product_texts=titles if tower is not None else None,
-                )
-                model.name = name if mode == "frozen" else f"{name}[{mode}]"
-                if tower is not None and mode == "prompt":
-                    model.refresh_text()  # virtual tokens change even the untrained tower's vectors
-                batch_size, train_config = config.batch_size, config.train
-                if tower is not None and tower.trainable:
-                    batch_size = config.tuned_batch_size or batch_size
-                    train_config = replace(train_config, epochs=config.tuned_epochs or train_config.epochs)
-                task = SearchTask(train=train, batch_size=batch_size, graph=graph)
-                history = fit(model, snapshot, train_config, progress=progress, search=task,
-                              validators={"search": search_validator(valid)})
-                model.eval()
-                trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-                extra = {"config": asdict(fused_cfg), "batch_size": batch_size,
-                         "examples_per_second": round(history.examples_per_second, 1),
-                         "train_step_seconds": round(history.train_seconds, 1), "valid_curve": history.valid_search_ndcg}
-                test_scores = model_scores(model)(test)
-                test_metrics = score(test_scores, extra)
-                if tower is not None:
-                    extra["text_tower"] = {**tower.parameter_counts(), "lr": tower.config.learning_rate()}
-                best = history.best("search")
-                results.append(SearchResult(model.name, mode, test_metrics, best, round(history.seconds, 1),
-                                            trainable, len(history.losses), extra))
-                if progress:
-                    from tqdm.auto import tqdm
-
-                    tqdm.write(f"{model.name}: test ndcg@10 full {test_metrics['full']['ndcg@10']:.4f} "
-                               f"rerank {test_metrics['rerank']['ndcg@10']:.4f} ({history.seconds:.0f} s)")
-                if name == "fused":
-                    first_stage = (model, mode, model_scores(model), test_scores, model.name)
-                    if "hybrid" in config.models:
-                        start = time.perf_counter()
-                        if bm25_valid is None:
-                            bm25_valid = bm25.score_all(valid.texts)
-                        choice = choose_lexical_weight(model_scores(model)(valid), bm25_valid, valid)
-                        extra = {"lexical_weight": choice.weight, "valid_curve": {str(w): v for w, v in choice.curve.items()}}
-                        test_scores = mix(test_scores, bm25_test, choice.weight)
-                        hybrid_metrics = score(test_scores, extra)
-                        hybrid_rows.append(SearchResult(f"{model.name} + bm25", mode, hybrid_metrics, choice.best,
-                                                        round(time.perf_counter() - start, 1), 0, 0, extra))
-                        first_stage = (model, mode, HybridSearch(model_scores(model), bm25, choice.weight), test_scores,
-                                       f"{model.name} + bm25")
-                        if progress:
-                            from tqdm.auto import tqdm
-
-                            tqdm.write(f"{model.name} + bm25 (w={choice.weight}): test ndcg@10 full "
-                                       f"{hybrid_metrics['full']['ndcg@10']:.4f}")
-                del tower, test_scores
-        if progress and name in ("random", "bm25", "text-zero-shot"):
-            from tqdm.auto import tqdm
-
-            r = results[-1]
-            tqdm.write(f"{name}: test ndcg@10 full {r.test['full']['ndcg@10']:.4f} rerank {r.test['rerank']['ndcg@10']:.4f}")
+        if name in SEARCH_BASELINES:
+            results.append(bench.baseline_row(name))
+            _say(progress, results[-1])
+            continue
+        if name == "hybrid":
+            results.extend(hybrids)
+            continue
+        for mode in config.modes if name == "fused" else ("frozen",):
+            settings = config.mode_settings(mode)
+            trained = train_model(name, dataset, features, ("search",), settings, progress=progress)
+            scored = bench.model_row(trained, name if mode == "frozen" else f"{name}[{mode}]", _training_facts(trained, settings))
+            results.append(scored.row)
+            _say(progress, scored.row)
+            if name == "fused":
+                first_stage = scored
+                if "hybrid" in config.models:
+                    first_stage = bench.hybrid_row(scored)
+                    hybrids.append(first_stage.row)
+                    _say(progress, first_stage.row)
+            del trained
     if config.cross_encoder and first_stage is not None:
-        model, mode, scores_of, first_test, first_name = first_stage
-        results.append(_cross_encoder_row(data, encoder, config, scores_of, first_test, first_name, mode, train, test,
-                                          score, progress, device=model.device))
+        results.append(_cross_encoder_row(bench, dataset, features, first_stage, config, progress))
+        _say(progress, results[-1])
     return results
 
 
@@ -306,38 +219,29 @@ def rerank_training_pairs(batch: SearchBatch, first: torch.Tensor, depth: int) -
             torch.cat([grades, torch.zeros(int((~known).sum()))])[order])
 
 
-def _cross_encoder_row(data, encoder, config, first_stage, first, first_name, mode, train, test, score, progress,
-                       device=None) -> SearchResult:
-    """Second stage: a cross-encoder re-orders the first stage's top ``rerank_depth`` (``first``:
-    the first stage's ``[B, P]`` test scores; ``first_stage`` scores the training queries)."""
-    from kgrec.search.rerank import CrossEncoderConfig, CrossEncoderReranker
-
+def _cross_encoder_row(bench: SearchBench, dataset: Dataset, features: TextFeatures, first_stage: ScoredRanker,
+                       config: SearchBenchmarkConfig, progress: bool) -> SearchResult:
+    """Second stage: a cross-encoder (on the features' BERT) re-orders the first stage's test top
+    ``rerank_depth`` ahead of everything else, and scores each test query's judged products."""
     start = time.perf_counter()
-    subset = train[: config.cross_encoder_queries]
-    rows, products, grades = rerank_training_pairs(subset, first_stage(subset), config.rerank_depth)
-    reranker = CrossEncoderReranker(encoder, CrossEncoderConfig(seed=config.train.seed))
-    if device is not None:
-        reranker.to(device)
-    history = reranker.fit([subset.texts[int(r)] for r in rows], [data.titles[int(p)] for p in products],
+    train = search_examples(dataset, features, "train", limit=config.settings.max_search_queries,
+                            seed=config.seed)[: config.cross_encoder_queries]
+    rows, products, grades = rerank_training_pairs(train, first_stage.scores(train), config.rerank_depth)
+    reranker = CrossEncoderReranker(features.encoder, CrossEncoderConfig(seed=config.seed))
+    titles, texts = dataset.titles, list(bench.test.texts or [])
+    history = reranker.fit([train.texts[int(r)] for r in rows], [titles[int(p)] for p in products],  # type: ignore[index]
                            grades, rows, progress=progress)
-    depth = min(config.rerank_depth, first.shape[1])
-    top = torch.topk(first, depth, dim=1).indices
-    ce = reranker.rerank_scores(test.texts, top, data.titles)
-    full = torch.full_like(first, float("-inf"))
+    depth = min(config.rerank_depth, bench.num_products)
+    top = torch.topk(first_stage.test, depth, dim=1).indices
+    ce = reranker.rerank_scores(texts, top, titles)
+    full = torch.full_like(first_stage.test, float("-inf"))
     full.scatter_(1, top, ce - ce.min() + 1.0)  # the re-ordered top-K ahead of everything else
-    judged_scores = reranker.rerank_scores(test.texts, test.products, data.titles)
-    extra = {"train_queries": len(subset), "train_pairs": int(len(rows)), "negatives": int((grades == 0).sum()),
+    judged = reranker.rerank_scores(texts, bench.test.products, titles)
+    extra = {"train_queries": len(train), "train_pairs": int(len(rows)), "negatives": int((grades == 0).sum()),
              "fit": {k: v for k, v in history.items() if k != "loss"}}
-    metrics = score(full, extra)
-    metrics["rerank"] = evaluate_search(judged_scores, test, ks=config.ks, protocol="rerank")
     trainable = sum(p.numel() for p in reranker.parameters() if p.requires_grad)
-    if progress:
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"cross-encoder over {first_name}: test ndcg@10 full {metrics['full']['ndcg@10']:.4f} "
-                   f"rerank {metrics['rerank']['ndcg@10']:.4f}")
-    return SearchResult(f"{first_name} + cross-encoder@{depth}", reranker.config.tuning.mode, metrics, None,
-                        round(time.perf_counter() - start, 1), trainable, reranker.config.epochs, extra)
+    return bench.row(f"{first_stage.row.model} + cross-encoder@{depth}", reranker.config.tuning.mode, full, None,
+                     time.perf_counter() - start, trainable, reranker.config.epochs, extra, rerank_scores=judged)
 
 
 # --------------------------------------------------------------------------- personalised search
@@ -346,75 +250,74 @@ def _cross_encoder_row(data, encoder, config, first_stage, first, first_name, mo
 PERSONAL_MODELS = ("bm25", "text-zero-shot", "fused (rec only)", "fused (multi-task, anonymous)", "fused (multi-task, personalised)")
 
 
+def category_queries(store: GraphStore, snapshot: GraphSnapshot) -> list[str]:
+    """``[P]`` the HEM / ZAM query of each product of ``snapshot``: its category path's levels, root
+    dropped (:func:`kgrec.search.examples.category_query`); ``""`` for a product without a path."""
+    products = store.nodes("Product")
+    if "category_path" not in products.columns:
+        return [""] * snapshot.num_products
+    paths = products.set_index(products["product_id"].astype(str))["category_path"]
+    paths = paths.reindex(snapshot.id_maps["product"]).fillna("").astype(str)
+    return [category_query(p.split(CATEGORY_SEPARATOR)) for p in paths]
+
+
 def run_personalized_search(
-    snapshot: GraphSnapshot,
+    dataset: Dataset,
+    features: TextFeatures,
     product_queries: list[str],
-    product_vectors: torch.Tensor,
     query_vectors: torch.Tensor,
-    train: TrainConfig,
-    fused: FusedConfig | None = None,
-    search_batch_size: int = 1024,
+    settings: ModelSettings,
     ks: tuple[int, ...] = (10,),
     progress: bool = True,
 ) -> tuple[list[SearchResult], dict[str, dict[str, float]]]:
     """Personalised product search on a recommendation split (HEM / ZAM protocol).
 
     Every interaction is a search: the query is the purchased product's category path
-    (``product_queries[target]``), issued by the user with the history before it; the target
-    is the one relevant product. Test queries are the test split's (leave-one-out) targets,
-    ranked against all products with the user's history excluded — the recommender's protocol.
+    (``product_queries[target]``, ``query_vectors``: ``[P, d]`` their text vectors), issued by the
+    user with the history before it; the target is the one relevant product. Test queries are the
+    test split's (leave-one-out) targets, ranked against all products with the user's history
+    excluded — the recommender's protocol.
 
     Compared in one run: BM25 and the untrained encoder on the query alone; the fused model
     trained for recommendation only (queries through its untrained query tower, with the user
-    vector); the same model trained multi-task (recommendation + search, one product tower),
-    scored without and with the user. Returns the rows and the multi-task model's
-    recommendation metrics next to the rec-only model's (valid/test NDCG@10), so the cost
-    of sharing the tower is visible.
+    vector at weight 0.3); the same model trained multi-task (recommendation + search, one product
+    tower; :func:`~kgrec.workflow.models.train_model` with these examples), scored without and
+    with the user. Returns the rows and both models' recommendation NDCG@10 (valid/test), so the
+    cost of sharing the tower is visible.
     """
-    from kgrec.evaluation.recommendation import evaluate
-    from kgrec.search.bm25 import BM25Ranker
-    from kgrec.search.examples import anonymous, category_path_examples
-
-    fused = fused or FusedConfig()
-    hist = fused.max_history
+    snapshot = dataset.snapshot
+    hist = (settings.fused or FusedConfig()).max_history
     examples = {s: category_path_examples(snapshot, s, product_queries, query_vectors, hist) for s in ("train", "valid", "test")}
     test = examples["test"]
 
-    def score(scores, batch=test) -> dict[str, dict[str, float]]:
+    def score(scores, batch: SearchBatch = test) -> dict[str, dict[str, float]]:
         return {"full": evaluate_search(scores, batch, ks=ks, protocol="full", exclude_history=True)}
 
-    results = []
     start = time.perf_counter()
     bm25 = BM25Ranker(list(snapshot.product_text))
-    results.append(SearchResult("bm25", "-", score(bm25.score_all(test.texts)), None, round(time.perf_counter() - start, 1), 0, 0))
+    results = [SearchResult("bm25", "-", score(bm25.score_all(list(test.texts or []))), None,
+                            round(time.perf_counter() - start, 1), 0, 0)]
     q = torch.nn.functional.normalize(test.queries, dim=-1)
-    results.append(SearchResult("text-zero-shot", "frozen", score(q @ torch.nn.functional.normalize(product_vectors, dim=-1).T),
+    results.append(SearchResult("text-zero-shot", "frozen", score(q @ torch.nn.functional.normalize(features.products, dim=-1).T),
                                 None, 0.0, 0, 0))
-    edge_types = list(snapshot.message_passing("train").edge_types)
     rec_metrics = {}
-    for label, task in (("fused (rec only)", None),
-                        ("fused (multi-task)", SearchTask(train=examples["train"], batch_size=search_batch_size))):
-        torch.manual_seed(train.seed)
-        model = FusedRecommender(snapshot.num_users, snapshot.num_products, fused, text_features=product_vectors,
-                                 num_nodes=snapshot.num_nodes, edge_types=edge_types)
-        validators = {"rec": ndcg_validator(snapshot, "valid", max_history=train.max_history)}
-        if task is not None:
-            validators["search"] = search_validator(examples["valid"], exclude_history=True)
-        history = fit(model, snapshot, train, progress=progress, search=task, validators=validators)
-        model.eval()
+    search = SearchSupervision(examples["train"], examples["valid"], exclude_history=True)
+    for label, tasks in (("fused (rec only)", ("rec",)), ("fused (multi-task)", ("rec", "search"))):
+        trained = train_model("fused", dataset, features, tasks, settings, progress=progress,
+                              search=search if "search" in tasks else None)
+        model, history = trained.model, trained.history
+        assert isinstance(model, FusedRecommender)
         rec_metrics[label] = {s: evaluate(model, snapshot, s, (10,), hist).metrics["ndcg@10"] for s in ("valid", "test")}
         model.set_graph(snapshot.message_passing("test"))  # what a test-time search sees
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if task is None:
+        cost = (round(history.seconds, 1), trained.trainable_parameters, len(history.losses))
+        if "search" not in tasks:
             with torch.no_grad():  # the untrained query tower and an untrained (zero) user weight: add the user at 0.3
                 model.search_user_weight.fill_(0.3)
-            results.append(SearchResult(label, "frozen", score(model_scores(model)), None, round(history.seconds, 1),
-                                        trainable, len(history.losses)))
+            results.append(SearchResult(label, "frozen", score(model_scores(model)), None, *cost))
         else:
-            valid = history.best("search")
             for suffix, batch in (("anonymous", anonymous(test)), ("personalised", test)):
                 results.append(SearchResult(f"fused (multi-task, {suffix})", "frozen", score(model_scores(model), batch),
-                                            valid, round(history.seconds, 1), trainable, len(history.losses),
+                                            history.best("search"), *cost,
                                             {"search_user_weight": float(model.search_user_weight.detach())}))
         if progress:
             from tqdm.auto import tqdm
@@ -437,6 +340,6 @@ def personal_results_markdown(results: list[SearchResult], rec: dict[str, dict[s
     lines.append("")
     lines.append("| recommendation (same models) | valid ndcg@10 | test ndcg@10 |")
     lines.append("|---|---|---|")
-    for label, m in rec.items():
-        lines.append(f"| {label} | {m['valid']:.4f} | {m['test']:.4f} |")
+    for label, scores in rec.items():
+        lines.append(f"| {label} | {scores['valid']:.4f} | {scores['test']:.4f} |")
     return "\n".join(lines)
