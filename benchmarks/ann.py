@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from kgrec.serving.retrieval import ProductIndex, recall_at_k
 
-from kgrec.serving.retrieval import ProductIndex, recall_at_k  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_size(text: str) -> int:
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "exact" in args.kinds:  # exact first: the reference for recall
         args.kinds = ["exact"] + [k for k in args.kinds if k != "exact"]
 
-    print("| vectors | P | d | index | setting | build s | ms / batch p50 / p95 | recall@%d | index MiB | RSS growth MiB |" % args.k)
+    print(f"| vectors | P | d | index | setting | build s | ms / batch p50 / p95 | recall@{args.k} | index MiB | RSS growth MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows: list[dict] = []
     if args.vectors is not None:

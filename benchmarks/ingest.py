@@ -28,12 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from kgrec.ingest.pipeline import IngestConfig, Ingestor
+from kgrec.ingest.sources import discover
+from kgrec.kg.embedded import EmbeddedStore
 
-from kgrec.ingest.pipeline import IngestConfig, Ingestor  # noqa: E402
-from kgrec.ingest.sources import discover  # noqa: E402
-from kgrec.kg.embedded import EmbeddedStore  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_once(data: Path, store_dir: Path) -> tuple[float, float, object]:

@@ -32,16 +32,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import neo4j
+
+from kgrec.ingest.load import load_tables
+from kgrec.ingest.tables import CatalogTables, read_tables
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.neo4j_store import Neo4jConfig, Neo4jStore
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "kg"))
 
-import neo4j  # noqa: E402
 
-from kgrec.ingest.load import load_tables  # noqa: E402
-from kgrec.ingest.tables import CatalogTables, read_tables  # noqa: E402
-from kgrec.kg.embedded import EmbeddedStore  # noqa: E402
-from kgrec.kg.neo4j_store import Neo4jConfig, Neo4jStore  # noqa: E402
+def bolt_server_module():
+    """The tests' throwaway FalkorDB Bolt server (``tests/kg/bolt_server.py``), loaded by path: it is
+    test infrastructure (network namespaces, root), not part of the installed package, and ``tests/``
+    is not a package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kgrec_tests_kg_bolt_server", ROOT / "tests" / "kg" / "bolt_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def sample(tables: CatalogTables, interactions: int) -> CatalogTables:
@@ -105,12 +117,11 @@ def main() -> None:
         embedded_s = time.perf_counter() - start
 
     if args.uri is None:
-        from bolt_server import BoltServer, unavailable_reason
-
-        reason = unavailable_reason()
+        bolt = bolt_server_module()
+        reason = bolt.unavailable_reason()
         if reason:
             raise SystemExit(f"no throwaway Bolt server: {reason}")
-        server = BoltServer().start()
+        server = bolt.BoltServer().start()
         config = Neo4jConfig(server.uri, database="kgrec_bench", dialect="falkordb")
         options = {"connection_timeout": 5, "connection_acquisition_timeout": 10, "max_connection_pool_size": 1}
     else:

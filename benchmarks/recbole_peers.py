@@ -24,7 +24,7 @@ What it does:
    keeps RecBole's early stopping on valid NDCG@10 and its best checkpoint, and scores the test
    users *with kgrec's protocol*: every item is ranked, the user's train+valid items are excluded
    (RecBole itself does not exclude them for sequential models), and the metrics are
-   :mod:`kgrec.evaluation.metrics` (imported from this checkout; it needs only torch). RecBole's own
+   :mod:`kgrec.evaluation.metrics` (this checkout's file, loaded by path: it needs only torch). RecBole's own
    evaluator's numbers are kept beside them for reference;
 5. checks that the test (and valid) targets RecBole built are kgrec's leave-one-out targets
    (prints the number of mismatches, which must be 0);
@@ -195,6 +195,19 @@ def write_atomic_files(inter, work: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- the worker (peers' venv)
 
 
+def kgrec_metrics_module():
+    """kgrec's metric functions (``evaluation/metrics.py`` of this checkout) inside the peers' venv,
+    which has no kgrec installed (its pins clash with kgrec's); the file needs only torch, so it is
+    loaded from its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kgrec_evaluation_metrics", ROOT / "evaluation" / "metrics.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def worker(model_name: str, work: Path, epochs: int, stopping_step: int, threads: int, seed: int,
            eval_step: int = 1, device: str = "cpu") -> None:
     """Train one peer with RecBole and score it with kgrec's protocol; writes ``work/<model>.json``."""
@@ -208,13 +221,13 @@ def worker(model_name: str, work: Path, epochs: int, stopping_step: int, threads
     torch.set_num_threads(threads)
     work = Path(work).resolve()
     os.chdir(work)  # RecBole writes log/ and log_tensorboard/ into the working directory
-    sys.path.insert(0, str(ROOT))
     import recbole
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
 
-    from kgrec.evaluation.metrics import auc_from_rank, metrics_from_position, target_rank  # only needs torch
+    metrics = kgrec_metrics_module()
+    auc_from_rank, metrics_from_position, target_rank = metrics.auc_from_rank, metrics.metrics_from_position, metrics.target_rank
 
     sys.argv = sys.argv[:1]  # RecBole's Config reads `--key=value` from the command line
 
@@ -443,7 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup_only:
         return 0
 
-    sys.path.insert(0, str(ROOT))
     inter = kgrec_split(args.data)
     args.work.mkdir(parents=True, exist_ok=True)
     write_atomic_files(inter, args.work)
@@ -475,9 +487,10 @@ def main(argv: list[str] | None = None) -> int:
                    "--epochs", f"{m}={epochs[m]}", "--stopping-step", str(args.stopping_step),
                    "--eval-step", str(args.eval_step), "--device", args.device,
                    "--threads", str(args.threads), "--seed", str(args.seed)]
-            log = open(args.work / f"{m}.log", "w")
             print(f"{m}: training (max {epochs[m]} epochs, log {args.work / f'{m}.log'})")
-            running.append((m, subprocess.Popen(cmd, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter()))
+            with open(args.work / f"{m}.log", "w") as log:  # the worker keeps its own copy of the handle
+                running.append((m, subprocess.Popen(cmd, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT),
+                                time.perf_counter()))
         time.sleep(2)
         for item in list(running):
             m, proc, t0 = item

@@ -54,7 +54,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 STAGES = ("generate", "ingest", "export", "encode", "train", "evaluate")  # processes; generate also writes
 
@@ -298,8 +297,8 @@ def stage_train(args, rec: Recorder) -> None:
         seconds, status = ran, "ok"
         note += f"{steps_total} steps; "
     note += f"batch {args.batch_size}, mean loss {total / steps:.3f}; examples built in {examples_s:.1f} s, not counted"
-    rec.add("train (sampled)" if args.sampled else "train", seconds, status=status, notes=note, steps_run=steps, steps_per_epoch=steps_total,
-            examples=len(examples), examples_s=round(examples_s, 2), load_s=round(load_s, 2))
+    rec.add("train (sampled)" if args.sampled else "train", seconds, status=status, notes=note, steps_run=steps,
+            steps_per_epoch=steps_total, examples=len(examples), examples_s=round(examples_s, 2), load_s=round(load_s, 2))
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(args.dir / "model.safetensors"))
 
 
