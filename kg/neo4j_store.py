@@ -298,9 +298,8 @@ class Neo4jStore(GraphStore):
 
     def drop_vector_index(self, label: str, property: str = "embedding") -> None:
         """Drop the vector index on ``label.property`` if there is one (the vectors stay)."""
-        if self.dialect == "falkordb":
-            if property not in self._falkordb_indexes().get(node_type(label).label, set()):
-                return
+        if self.dialect == "falkordb" and property not in self._falkordb_indexes().get(node_type(label).label, set()):
+            return
         self._write(cypher.drop_vector_index(label, property, self.dialect))
 
     def similar(self, label: str, vector: Sequence[float], k: int = 10, property: str = "embedding") -> pd.DataFrame:

@@ -15,6 +15,8 @@ Neo4j store implement this contract and pass the same contract tests.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import pandas as pd
 
@@ -44,7 +46,15 @@ class GraphStore(ABC):
     def counts(self) -> dict[str, int]:
         """Number of nodes per label and edges per relationship type (zero when empty)."""
 
-    def close(self) -> None:  # pragma: no cover - nothing to release by default
+    def writing(self) -> AbstractContextManager[Any]:
+        """Hold the store for a block of writes (an ingest run), excluding other writers.
+
+        The default holds nothing: a database server keeps concurrent writers apart
+        itself. The embedded store takes its folder's writer lock (:mod:`kgrec.kg.embedded`).
+        """
+        return nullcontext(self)
+
+    def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
         """Release connections or file handles."""
 
     def __enter__(self) -> GraphStore:
