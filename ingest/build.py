@@ -160,6 +160,8 @@ def _category(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Fram
 def _interaction(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Frames) -> None:
     props = [c for c in ("timestamp", "weight") if c in clean.columns] + attribute_columns("interaction", clean)
     codes, events = pd.factorize(clean["event"])
+    if (codes < 0).any():  # validation gives every loaded row an event; a row without one would be lost here
+        raise ValueError(f"{int((codes < 0).sum())} interaction rows without an event reached the graph builder")
     for code, event in enumerate(events.tolist()):
         part = clean if len(events) == 1 else clean[codes == code].reset_index(drop=True)
         frame = pd.DataFrame({
