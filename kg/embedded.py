@@ -19,10 +19,14 @@ A second writer waits up to ``lock_timeout`` seconds, then gets
 :class:`~kgrec.kg.files.StoreLockedError` naming the store and the holder's pid.
 Readers take no lock: each table they read is one complete version of it (a
 reader reading several tables while a writer runs may see some tables before and
-some after that writer's upserts). On equal keys the new row wins
-for the columns the new frame has; columns the new frame lacks keep their old
-values, as Neo4j's ``SET n += row.props`` does (a null in a column the frame
-has clears that property in both stores).
+some after that writer's upserts).
+
+On equal keys the new row wins for the columns the new frame has; columns the
+new frame lacks keep their old values, as Neo4j's ``SET n += row.props`` does (a
+null in a column the frame has clears that property in both stores). A
+single-valued relationship type (``MADE_BY``, ``IN_CATEGORY``:
+:attr:`kgrec.kg.schema.RelType.single`) keeps one edge per source: a new edge
+replaces the source's edge to another target.
 
 Data-defined relationship types (:func:`kgrec.kg.schema.register_relation`) are
 stored like the static ones (``edges/<TYPE>.parquet``); the store registers the
@@ -110,13 +114,17 @@ class EmbeddedStore(GraphStore):
 
     def upsert_edges(self, rel: str, frame: pd.DataFrame) -> int:
         frame = validate_edge_frame(rel, frame)
+        written = len(frame)
         ident = edge_identity(rel)
         path = self._edge_path(rel)
         with self._lock:
-            merged = _merge(self._read(path, ident), frame, ident)
+            old = self._read(path, ident)
+            if rel_type(rel).single:
+                old, frame = _replace_single(old, frame)
+            merged = _merge(old, frame, ident)
             self._write(merged, path)
         self._graph = self._undirected = None
-        return len(frame)
+        return written
 
     def nodes(self, label: str) -> pd.DataFrame:
         return self._read(self._node_path(label), [node_type(label).key])
@@ -210,6 +218,20 @@ class EmbeddedStore(GraphStore):
         except nx.NetworkXNoPath:
             pass
         return out
+
+
+def _replace_single(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A single-valued type: drop the old edges of ``new``'s sources that go elsewhere.
+
+    Returns the old rows to keep and the new rows to merge (those with a target; a row
+    without one only removes its source's edge).
+    """
+    has_target = new["target"].notna().to_numpy(dtype=bool)
+    if len(old):
+        pairs = pd.MultiIndex.from_frame(new.loc[has_target, ["source", "target"]].astype(str))
+        same = pd.MultiIndex.from_frame(old[["source", "target"]].astype(str)).isin(pairs)
+        old = old[~(old["source"].astype(str).isin(new["source"]).to_numpy() & ~same)].reset_index(drop=True)
+    return old, new[has_target].reset_index(drop=True)
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
