@@ -42,7 +42,7 @@ class StoreLockedError(RuntimeError):
         self.folder, self.holder, self.waited = folder, holder, waited
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` atomically: ``write(tmp)`` fills a fresh temporary file, which replaces ``path``.
 
     The temporary file is fsynced before the rename and the folder after it, so a
