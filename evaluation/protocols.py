@@ -24,7 +24,6 @@ papers; its numbers are not comparable to full ranking and it is reported apart)
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,21 +94,9 @@ def temporal_split(
     return labels
 
 
-def read_timestamps(tables_dir: str | Path) -> pd.DataFrame | None:
-    """``user_id, product_id, order, timestamp`` from ``tables_dir/interactions.csv``, or
-    None when that table has no ``timestamp`` column (:func:`kgrec.ingest.tables.read_tables`
-    keeps only the required columns, so the timestamps are read here)."""
-    path = Path(tables_dir) / "interactions.csv"
-    header = pd.read_csv(path, nrows=0).columns
-    if "timestamp" not in header:
-        return None
-    frame = pd.read_csv(path, usecols=["user_id", "product_id", "order", "timestamp"], dtype={"user_id": str, "product_id": str})
-    return frame
-
-
 def attach_timestamps(snapshot: GraphSnapshot, timestamps: pd.DataFrame) -> GraphSnapshot:
     """A copy of ``snapshot`` whose interactions carry a ``timestamp`` column, matched on
-    ``(user_id, product_id, order)`` of ``timestamps`` (e.g. from :func:`read_timestamps`)."""
+    ``(user_id, product_id, order)`` of ``timestamps`` (e.g. from :func:`kgrec.workflow.data.store_timestamps`)."""
     inter = snapshot.interactions
     users = np.asarray(snapshot.id_maps["user"], dtype=object)[inter["user"].to_numpy()]
     products = np.asarray(snapshot.id_maps["product"], dtype=object)[inter["product"].to_numpy()]

@@ -38,6 +38,14 @@ class EvalResult:
     targets: torch.Tensor = field(repr=False)
 
 
+def padded_hits(hits: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, k]`` hits: a catalogue of fewer than ``k`` products ranks them all, and the
+    positions past its end are misses."""
+    if hits.shape[1] >= k:
+        return hits
+    return torch.nn.functional.pad(hits, (0, k - hits.shape[1]), value=False)
+
+
 def exclusion_mask(histories: list[np.ndarray], num_products: int) -> torch.Tensor:
     """``[N, P]`` bool, True where the product is in the example's history."""
     rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
@@ -85,8 +93,8 @@ def evaluate(
     """
     model.set_graph(snapshot.message_passing(split))
     batch, rows, cols = evaluation_inputs(snapshot, split, max_history)
-    topk = rank_top_k_pairs(model, batch, rows, cols, max(ks), batch_size)
-    hits = hit_matrix(topk, batch.targets)
+    topk = rank_top_k_pairs(model, batch, rows, cols, min(max(ks), snapshot.num_products), batch_size)
+    hits = padded_hits(hit_matrix(topk, batch.targets), max(ks))
     per_user = per_user_metrics(hits, torch.ones(len(batch)), ks)
     return EvalResult(mean_metrics(per_user), per_user, topk, batch.users, batch.targets)
 
@@ -144,7 +152,7 @@ def evaluate_detailed(
     target_seen[rows[cols == batch.targets[rows]]] = True
     # an excluded target sits among the -inf scores: only reachable when depth > candidates; never a hit
     hits = hit_matrix(topk, batch.targets) & ~target_seen.unsqueeze(1)
-    per_user = per_user_metrics(hits, torch.ones(len(batch)), ks)
+    per_user = per_user_metrics(padded_hits(hits, max(ks)), torch.ones(len(batch)), ks)
     per_user["auc"] = auc_from_rank(rank, num_candidates)
     visible = snapshot.visible(split)
     popularity = popularity_counts(torch.as_tensor(visible["product"].to_numpy().copy()), snapshot.num_products)

@@ -8,7 +8,7 @@ Three steps, each usable alone:
    and keeps what the report needs besides the means: the training histories and the
    per-example test results of :func:`kgrec.evaluation.recommendation.evaluate_detailed`;
 2. :func:`save_run` writes ``results.json`` (the payload of
-   :func:`kgrec.workflow.rec_benchmark.write_results`, plus histories, aggregates and split facts) and
+   :func:`kgrec.evaluation.results.write_results`, plus histories, aggregates and split facts) and
    ``per_user.parquet`` (one row per model and test example: the target's position in the
    top 50 and its full rank, from which every metric@K is recomputed, see
    :func:`kgrec.evaluation.metrics.metrics_from_position`), so significance can be recomputed later;
@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from kgrec.evaluation.metrics import metrics_from_position
+from kgrec.evaluation.results import write_results
 from kgrec.evaluation.significance import bootstrap_cis, compare_to_reference
 
 #: Metrics of the main table (per-example means, with bootstrap CIs), in order.
@@ -48,7 +49,7 @@ COLD_THRESHOLD = 5
 class ReportRun:
     """Everything one benchmark run leaves for the report."""
 
-    results: list  # list[kgrec.workflow.rec_benchmark.ModelResult]
+    results: list  # list[kgrec.evaluation.results.ModelResult]
     histories: dict  # model -> kgrec.fusion.train.TrainHistory
     evals: dict  # model -> kgrec.evaluation.recommendation.DetailedEvalResult (test)
     sampled: dict = field(default_factory=dict)  # model -> EvalResult of the sampled protocol
@@ -142,8 +143,6 @@ def per_user_frame(run: ReportRun, snapshot) -> pd.DataFrame:
 
 def save_run(run: ReportRun, snapshot, out: str | Path, config=None, extra: dict | None = None) -> dict[str, Path]:
     """Write ``results.json`` and ``per_user.parquet`` into ``out``; returns their paths."""
-    from kgrec.workflow.rec_benchmark import write_results
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload_extra = dict(extra or {})
@@ -447,8 +446,7 @@ def write_report(
     out = Path(out)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    results = payload["results"]
-    models = [r["model"] for r in results]
+    results = payload.get("results", [])
     doc = Document("kgrec evaluation report")
     facts = payload.get("facts", {})
     split = facts.get("split", {})
@@ -462,8 +460,9 @@ def write_report(
     )
     doc.heading("Protocol")
     protocol = payload.get("protocol", {"name": "leave-one-out"})
-    items = [
-        f"Split: **{protocol.get('name', 'leave-one-out')}**" + (f" ({protocol['detail']})" if protocol.get("detail") else "")
+    items = [] if not results else [
+        f"Recommendation split: **{protocol.get('name', 'leave-one-out')}**"
+        + (f" ({protocol['detail']})" if protocol.get("detail") else "")
         + (f"; interactions per split {split.get('interactions')}" if split.get("interactions") else ""),
         "Ranking: **full ranking** — every product is scored; the products of the user's visible history (all of it) "
         "are excluded; the model's graph is the one visible before the split, so no test interaction is in it.",
@@ -479,9 +478,53 @@ def write_report(
     if leak:
         items.append(f"Leakage check (held-out pairs found in message passing or training examples): {sum(leak.values())} "
                      f"over {len(leak)} checks.")
-    items.append("Ties: top-K lists use `torch.topk` order among equal scores; AUC counts a tie as 1/2 (mid-rank).")
+    if results:
+        items.append("Ties: top-K lists use `torch.topk` order among equal scores; AUC counts a tie as 1/2 (mid-rank).")
+    search = protocol.get("search") if payload.get("search") else None
+    if search:
+        queries = facts.get("search_queries", {})
+        items.append(
+            f"Search split: **query-disjoint** — every judgement of a query in one split (shares {search.get('fractions')}; "
+            f"queries per split {queries}); only train queries become graph nodes. Protocols: `full` ranks all "
+            f"{facts.get('num_products', '?')} products (unjudged ones gain 0), `rerank` orders each query's judged products. "
+            f"Graded gains `2^grade - 1`; a judgement with grade >= {search.get('min_grade', 1)} counts as relevant for MRR/MAP/recall.")
+    for task, reason in facts.get("skipped", {}).items():
+        items.append(f"Not evaluated: {'recommendation' if task == 'rec' else task} — {reason}.")
     doc.bullets(items)
 
+    have_users = False
+    if results:
+        have_users = _recommendation_sections(doc, payload, frame, out, figures, reference, n_boot, seed, level)
+    if payload.get("search"):
+        _search_sections(doc, payload, Path(source), n_boot, seed, level)
+    # ---- config
+    doc.heading("Configuration")
+    config = {k: payload[k] for k in ("command", "benchmark_config", "protocol", "data", "text_model", "data_fingerprint",
+                                       "device") if k in payload}
+    config["models"] = {r["model"]: {"parameters": r.get("parameters"), **r.get("config", {})} for r in results}
+    config["search_models"] = {r["model"]: {"parameters": r.get("trainable_parameters"), **{k: v for k, v in r.get("extra", {}).items()
+                                                                                           if k in ("tasks", "lexical_weight")}}
+                               for r in payload.get("search", [])}
+    doc.code(json.dumps(config, indent=2, default=str))
+    doc.paragraph("Per-example results: `per_user.parquet` (one row per model and test example: `position` of the target in the "
+                  "top 50, 0 = absent; full `rank`; history length; target popularity) — `kgrec evaluate --from-run DIR` "
+                  "recomputes this report from it." if have_users else
+                  "Run `kgrec evaluate` to get per-example results, intervals and tests.")
+
+    md = out / "report.md"
+    md.write_text(doc.to_markdown(out))
+    page = out / "report.html"
+    page.write_text(doc.to_html())
+    written = {"markdown": md, "html": page}
+    written.update({p.stem: p for p in figures.glob("*.png")})
+    return written
+
+
+def _recommendation_sections(doc: Document, payload: dict, frame: pd.DataFrame | None, out: Path, figures: Path,
+                             reference: str, n_boot: int, seed: int, level: float) -> bool:
+    """The recommendation part of the report; returns whether per-example results were there."""
+    results = payload["results"]
+    models = [r["model"] for r in results]
     have_users = frame is not None and not frame.empty and set(models) <= set(frame["model"])
     per_user = per_user_metrics_from_frame(frame, (10, 20)) if have_users else {}
 
@@ -549,7 +592,7 @@ def write_report(
         full = frame[frame["protocol"] == "full"]
         depth = int(min(CURVE_DEPTH, full["num_candidates"].min()))
         positions = {m: full.loc[full["model"] == m, "position"].to_numpy() for m in models}
-        doc.heading("Metric@K, K = 1..%d" % depth)
+        doc.heading(f"Metric@K, K = 1..{depth}")
         doc.figure(plot_metric_curves(positions, figures / "metric_at_k.png", depth), "NDCG@K and Recall@K on the test split")
     histories = payload.get("histories", {})
     if histories:
@@ -587,21 +630,42 @@ def write_report(
         doc.table(["model", f"cold targets (< {COLD_THRESHOLD} visible interactions, n={n_cold})",
                    f"warm targets (n={int((full['model'] == models[0]).sum()) - n_cold})"], crow, "NDCG@10.")
 
-    # ---- config
-    doc.heading("Configuration")
-    config = {k: payload[k] for k in ("command", "benchmark_config", "protocol", "data", "text_model", "data_fingerprint",
-                                       "device") if k in payload}
-    config["models"] = {r["model"]: {"parameters": r.get("parameters"), **r.get("config", {})} for r in results}
-    doc.code(json.dumps(config, indent=2, default=str))
-    doc.paragraph("Per-example results: `per_user.parquet` (one row per model and test example: `position` of the target in the "
-                  "top 50, 0 = absent; full `rank`; history length; target popularity) — `kgrec evaluate --from-run DIR` "
-                  "recomputes this report from it." if have_users else
-                  "Run `kgrec evaluate` to get per-example results, intervals and tests.")
+    return have_users
 
-    md = out / "report.md"
-    md.write_text(doc.to_markdown(out))
-    page = out / "report.html"
-    page.write_text(doc.to_html())
-    written = {"markdown": md, "html": page}
-    written.update({p.stem: p for p in figures.glob("*.png")})
-    return written
+
+#: Search table columns: (protocol, metric).
+SEARCH_COLUMNS = (("full", "ndcg@10"), ("full", "mrr@10"), ("full", "map@10"), ("rerank", "ndcg@3"), ("rerank", "ndcg@10"))
+
+
+def _search_sections(doc: Document, payload: dict, source: Path, n_boot: int, seed: int, level: float) -> None:
+    """The search part of the report: the table (bootstrap intervals when the per-query results are
+    there) and the paired test of each model against BM25."""
+    rows = payload["search"]
+    folder = source if source.is_dir() else source.parent
+    per_query = folder / "search_per_query.parquet"
+    frame = pd.read_parquet(per_query) if per_query.exists() else None
+    columns = [(p, m) for p, m in SEARCH_COLUMNS if all(m in r["test"].get(p, {}) for r in rows)]
+    table = []
+    for r in rows:
+        cells = [r["model"], r.get("mode", "-")]
+        for protocol, metric in columns:
+            value = r["test"][protocol][metric]
+            part = None if frame is None else frame[(frame["model"] == r["model"]) & (frame["protocol"] == protocol)]
+            if part is not None and len(part) and metric in part.columns:
+                ci = bootstrap_cis({metric: part[metric].to_numpy()}, level, n_boot, seed)[metric]
+                cells.append(f"{value:.4f} [{ci.low:.4f}, {ci.high:.4f}]")
+            else:
+                cells.append(_fmt(value))
+        versus = r.get("extra", {}).get("vs_bm25_ndcg@10")
+        cells.append(f"{100 * versus['relative']:+.1f}% (p={_p(versus['p_bootstrap'])})" if versus else "")
+        cells.append(_fmt(r.get("valid_ndcg")) if r.get("valid_ndcg") is not None else "")
+        cells += [f"{r.get('trainable_parameters', 0):,}", f"{r.get('train_seconds', 0):.0f}"]
+        table.append(cells)
+    n = int(len(frame[(frame["model"] == rows[0]["model"]) & (frame["protocol"] == "full")])) if frame is not None else None
+    doc.heading("Search test results")
+    doc.table(["model", "BERT"] + [f"{m} ({p})" for p, m in columns] + ["vs BM25 ndcg@10 (full)", "valid ndcg@10",
+                                                                       "trainable params", "train s"], table,
+              (f"Means over {n} test queries with {int(level * 100)}% percentile-bootstrap intervals ({n_boot} resamples). " if n
+               else "") + "*vs BM25*: relative NDCG@10 difference on the same test queries and the two-sided paired-bootstrap "
+              "p-value (t-test and Wilcoxon p-values in results.json). `+ bm25`: the model's and BM25's per-query "
+              "standardised scores mixed with the weight chosen on the validation queries.")

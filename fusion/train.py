@@ -176,6 +176,7 @@ def fit(
     progress: bool = True,
     search: SearchTask | None = None,
     validators: Mapping[str, Validator] | None = None,
+    rec: bool = True,
 ) -> TrainHistory:
     """Train ``model`` on the train split; keep the weights with the best validation score.
 
@@ -185,6 +186,8 @@ def fit(
         validators: name -> :data:`Validator`; the validation score is their mean, taken
             before training and after each epoch. None or empty: no early stopping, the
             last epoch's weights are kept.
+        rec: train recommendation on the snapshot's train interactions (default True; False
+            trains ``search`` alone on a snapshot that also has interactions).
     """
     from kgrec.fusion.distributed import rank_and_world
 
@@ -201,7 +204,7 @@ def fit(
         return history
 
     examples = training_examples(snapshot, config.max_history)
-    has_rec = len(examples) > 0
+    has_rec = rec and len(examples) > 0
     if not has_rec and search is None:
         raise ValueError("nothing to train on: the snapshot has no train interactions after a user's first "
                          "and no search task was given")

@@ -219,6 +219,9 @@ def write_homedepot_tables(data: HomeDepotData, directory: str | Path) -> dict[s
     product_id, label; UTF-8) into ``directory`` (created if needed), ready for
     ``kgrec ingest DIR``. Rejects are not written (see :attr:`HomeDepotData.rejects`).
 
+    The written ``label`` is kgrec's relevance grade, ``relevance - 1``: 0 = irrelevant,
+    2 = exact match (a judgement's gain is ``2^label - 1``, so an irrelevant product gains 0).
+
     Returns:
         ``{"products": path, "judgements": path}``.
     """
@@ -228,6 +231,7 @@ def write_homedepot_tables(data: HomeDepotData, directory: str | Path) -> dict[s
     products = data.products[["product_id", "title"]].astype({"product_id": str, "title": str})
     products.to_json(paths["products"], orient="records", lines=True, force_ascii=False)
     judgements = data.judgements[["query_id", "query", "product_id", "label"]]
+    judgements = judgements.assign(label=judgements["label"] - LABEL_RANGE[0])
     judgements.to_csv(paths["judgements"], index=False, encoding="utf-8")
     return paths
 

@@ -20,7 +20,6 @@ import pandas as pd
 from kgrec.ingest.pipeline import IngestConfig, Ingestor, IngestReport
 from kgrec.ingest.sources import tables_sources
 from kgrec.ingest.tables import CatalogTables
-from kgrec.kg.schema import rel_type
 from kgrec.kg.store import GraphStore
 
 
@@ -91,16 +90,3 @@ class CollectingStore:
 
     def counts(self) -> dict[str, int]:
         return {}
-
-
-def graph_frames(tables: CatalogTables) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Node and edge frames (keyed by label / relationship type) that :func:`load_tables` writes
-    into an empty store (rows that only remove a product's brand or category are left out)."""
-    store = CollectingStore()
-    Ingestor(store, IngestConfig()).run(tables_sources(tables))  # type: ignore[arg-type]
-    nodes = {k: pd.concat(v, ignore_index=True) for k, v in store.nodes_written.items()}
-    edges = {}
-    for rel, frames in store.edges_written.items():
-        frame = pd.concat(frames, ignore_index=True)
-        edges[rel] = frame[frame["target"].notna()].reset_index(drop=True) if rel_type(rel).single else frame
-    return nodes, edges

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
+from kgrec.kg.export import GraphSnapshot
 from kgrec.kg.schema import normalise_queries, normalise_query  # the query-id rule
 
 __all__ = ["SPLITS", "SearchJudgements", "judgements_from_frame", "normalise_queries", "normalise_query",
@@ -241,3 +242,27 @@ def judgements_from_frame(
         grades=grades,
         users=users,
     )
+
+
+#: Node type of the train queries in a snapshot, and their edges to the products they judged relevant.
+QUERY_NODE_TYPE = "query"
+QUERY_EDGE_TYPE = ("query", "judged", "product")
+
+
+def with_query_nodes(snapshot: GraphSnapshot, judgements: pd.DataFrame, min_grade: float = 1.0) -> GraphSnapshot:
+    """``snapshot`` plus the *train* queries as ``query`` nodes linked to the products they judged
+    with ``grade >= min_grade`` (``('query', 'judged', 'product')``, reversed in message passing).
+
+    A product's graph vector then carries the text of the queries it is known to answer; valid
+    and test queries never become nodes. ``judgements`` needs ``query_id``, ``product`` (index),
+    ``grade`` and ``split`` columns. Query node ids are the sorted train query ids.
+    """
+    train = judgements[judgements["split"] == "train"]
+    ids = sorted(train["query_id"].astype(str).unique())
+    index = {q: i for i, q in enumerate(ids)}
+    keep = train[train["grade"] >= min_grade]
+    edges = torch.as_tensor(
+        np.stack([keep["query_id"].astype(str).map(index).to_numpy(dtype=np.int64),
+                  keep["product"].to_numpy(dtype=np.int64)]).reshape(2, -1), dtype=torch.long)
+    return replace(snapshot, id_maps={**snapshot.id_maps, QUERY_NODE_TYPE: ids},
+                   structure={**snapshot.structure, QUERY_EDGE_TYPE: edges})

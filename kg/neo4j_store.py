@@ -143,6 +143,11 @@ class Neo4jStore(GraphStore):
         self._driver = driver
         self._schema_ready = False
 
+    def check_connection(self) -> None:
+        """Reach the server once now (no transaction retries): raises the driver's
+        ``ServiceUnavailable`` / ``AuthError`` for a server that is down or refuses the credentials."""
+        self._driver.verify_connectivity()
+
     # -- plumbing ------------------------------------------------------------------
     def _session(self, write: bool = False) -> Any:
         import neo4j

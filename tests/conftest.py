@@ -14,11 +14,28 @@ Where the Neo4j store's server comes from, in order:
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import neo4j
 import pytest
 
-TINY_WORDS = ["the", "a", "an", "and", "or", "of", "for", "with", "to", "in", "on", "red", "blue", "green", "black", "white", "small", "large", "cordless", "drill", "battery", "powered", "electric", "hammer", "screwdriver", "saw", "wrench", "nitrile", "latex", "gloves", "safety", "glasses", "boots", "helmet", "paint", "brush", "roller", "tape", "measure", "ladder", "steel", "wood", "plastic", "metal", "set", "kit", "pack", "box", "pro", "tool", "tools", "power", "hand", "garden", "hose", "light", "lamp", "led", "cable", "charger", "volt"]
+from kgrec.kg.embedded import EmbeddedStore
+from kgrec.kg.neo4j_store import ENV_URI, Neo4jConfig, Neo4jStore
+
+TINY_WORDS = (
+    "the a an and or of for with to in on red blue green black white small large "
+    "cordless drill battery powered electric hammer screwdriver saw wrench nitrile "
+    "latex gloves safety glasses boots helmet paint brush roller tape measure ladder "
+    "steel wood plastic metal set kit pack box pro tool tools power hand garden hose "
+    "light lamp led cable charger volt"
+).split()
 TINY_SUBWORDS = ("##s", "##er", "##ing", "##ed", "##ly", "##es")
 TINY_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -103,6 +120,70 @@ def build_tiny_tables():
     return CatalogTables(products=products, users=users, interactions=interactions)
 
 
+def build_tiny_judgements(tables):
+    """Graded search judgements over :func:`build_tiny_tables`'s products: 36 queries ("drill",
+    "drill pro", ...), each judging the products whose title starts with its word at grade 2 and one
+    product of another word at grade 0; columns ``query, product_id, label``."""
+    import pandas as pd
+
+    rows = []
+    titles = dict(zip(tables.products["product_id"], tables.products["title"]))
+    ids = sorted(titles)
+    for word in sorted({t.split()[0] for t in titles.values()}):
+        for k, variant in enumerate(("", " pro", " set", " cheap", " best", " new")):
+            query = word + variant
+            rows += [(query, p, 2.0) for p in ids if titles[p].startswith(word + " ")]
+            other = next(p for p in ids[k:] + ids if not titles[p].startswith(word + " "))
+            rows.append((query, other, 0.0))
+    return pd.DataFrame(rows, columns=["query", "product_id", "label"])
+
+
+def write_recbole_kg(directory, users: int = 12, items: int = 20, per_user: int = 6, seed: int = 0) -> dict:
+    """A small RecBole data set ``toy`` with .inter/.item/.user/.kg/.link in ``directory``; returns counts."""
+    import numpy as np
+
+    relations = ("film.film.directed_by", "film.film.genre", "starring")
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    rows = 0
+    for u in range(users):
+        for k, i in enumerate(rng.choice(items, size=per_user, replace=False)):
+            inter.append(f"u{u}\t{i}\t{rng.integers(1, 6)}.0\t{1_600_000_000 + 1000 * k + u}")
+            rows += 1
+    (directory / "toy.inter").write_text("\n".join(inter) + "\n")
+    item = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    for i in range(items):
+        item.append(f"{i}\tmovie number {i}\t{1990 + i % 7}\t{['drama', 'comedy thriller'][i % 2]}")
+    (directory / "toy.item").write_text("\n".join(item) + "\n")
+    (directory / "toy.user").write_text("user_id:token\tage:token\n" + "".join(f"u{u}\t{20 + u}\n" for u in range(users)))
+    link = ["item_id:token\tentity_id:token"] + [f"{i}\tm.{i:03d}" for i in range(items)]
+    (directory / "toy.link").write_text("\n".join(link) + "\n")
+    kg = ["head_id:token\trelation_id:token\ttail_id:token"]
+    triples = set()
+    for i in range(items):
+        triples.add((f"m.{i:03d}", relations[0], f"director.{i % 4}"))
+        triples.add((f"m.{i:03d}", relations[1], f"genre.{i % 3}"))
+        triples.add((f"m.{i:03d}", relations[2], f"actor.{i % 5}"))
+        triples.add((f"m.{i:03d}", relations[2], f"actor.{(i + 1) % 5}"))
+    kg += ["\t".join(t) for t in sorted(triples)]
+    (directory / "toy.kg").write_text("\n".join(kg) + "\n")
+    return {"interactions": rows, "triples": len(triples), "items": items, "users": users, "relations": relations}
+
+
+@pytest.fixture(scope="session")
+def recbole_kg():
+    """:func:`write_recbole_kg`, for tests that write a RecBole data set with a knowledge graph."""
+    return write_recbole_kg
+
+
+@pytest.fixture(scope="session")
+def tiny_judgements(tiny_tables):
+    """Session-wide :func:`build_tiny_judgements`."""
+    return build_tiny_judgements(tiny_tables)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tiny_tables, tmp_path_factory):
     from kgrec.ingest.load import load_tables
@@ -121,21 +202,6 @@ def tiny_snapshot(tiny_store):
 
 
 # --------------------------------------------------------------------------- stores
-
-
-import contextlib
-import importlib.util
-import os
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
-
-import neo4j
-import pytest
-
-from kgrec.kg.embedded import EmbeddedStore
-from kgrec.kg.neo4j_store import ENV_URI, Neo4jConfig, Neo4jStore
 
 
 def _load_bolt_server():

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kgrec.fusion.data import RecBatch
+from kgrec.fusion.data import RecBatch, SearchBatch
 from kgrec.fusion.models.base import ModelInputs, Recommender
 
 
@@ -72,3 +72,7 @@ class TextZeroShot(Recommender):
 
     def serving_query(self, state: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         return F.normalize(text.float(), dim=-1)
+
+    def search_logits(self, batch: SearchBatch) -> torch.Tensor:
+        """``[B, P]`` cosines between the queries' and the products' text vectors."""
+        return F.normalize(batch.queries.float(), dim=-1).to(self.text.device) @ self.text.T

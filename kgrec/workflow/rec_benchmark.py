@@ -6,16 +6,13 @@ budgets, recorded in the results).
 """
 from __future__ import annotations
 
-import json
-import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 
 from kgrec.evaluation.recommendation import evaluate, ndcg_validator
+from kgrec.evaluation.results import ModelResult
 from kgrec.fusion.models import FusedConfig, ModelInputs, Recommender
 from kgrec.fusion.registry import BPR_TRAINING, MODEL_NAMES, MODELS, SOFTMAX_TRAINING, build_model
 from kgrec.fusion.train import TrainConfig, TrainHistory, fit
@@ -44,20 +41,6 @@ class BenchmarkConfig:
         unknown = [m for m in self.models if m not in MODEL_NAMES]
         if unknown:
             raise ValueError(f"unknown models {unknown}; choose from {list(MODEL_NAMES)}")
-
-
-@dataclass
-class ModelResult:
-    """One row of the comparison."""
-
-    model: str
-    valid: dict[str, float]
-    test: dict[str, float]
-    train_seconds: float
-    epochs: int
-    best_epoch: int
-    parameters: int
-    config: dict
 
 
 def run_benchmark(
@@ -105,29 +88,3 @@ def run_benchmark(
 
             tqdm.write(f"{name}: test ndcg@10 {test['ndcg@10']:.4f}  ({history.seconds:.0f} s)")
     return results
-
-
-def write_results(results: list[ModelResult], path: str | Path, extra: dict | None = None) -> None:
-    """Write the comparison as JSON (with environment facts)."""
-    payload = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        **(extra or {}),
-        "results": [asdict(r) for r in results],
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2))
-
-
-def results_markdown(results: list[ModelResult], split: str = "test", ks: tuple[int, ...] = (10, 20)) -> str:
-    """The comparison as a markdown table (best value of each column in bold)."""
-    columns = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")] + [f"mrr@{max(ks)}"]
-    rows = [(r.model, [getattr(r, split)[c] for c in columns], r.train_seconds) for r in results]
-    best = [max(v[i] for _, v, _ in rows) for i in range(len(columns))]
-    lines = ["| model | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
-    for name, values, secs in rows:
-        cells = [f"**{v:.4f}**" if v == b else f"{v:.4f}" for v, b in zip(values, best)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs:.0f} |")
-    return "\n".join(lines)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from kgrec.evaluation.recommendation import ndcg_validator
+from kgrec.evaluation.results import SearchResult, search_results_markdown  # noqa: F401 - re-exported
 from kgrec.evaluation.search import evaluate_search, model_scores, search_validator
 from kgrec.evaluation.search import search_metrics_per_query as evaluate_search_per_query
 from kgrec.evaluation.search_metrics import mean_search_metrics
@@ -62,7 +63,7 @@ def homedepot_data(src: str | Path, workdir: str | Path, seed: int = 0,
                    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> SearchData:
     """Home Depot -> tables -> embedded knowledge graph -> snapshot + split judgements.
 
-    Grades are the raters' 1..3 mean minus 1 (0 = irrelevant, 2 = exact match)."""
+    Grades are the raters' 1..3 mean minus 1 (0 = irrelevant, 2 = exact match), as the converter writes them."""
     from kgrec.ingest.homedepot import convert_homedepot
     from kgrec.ingest.pipeline import IngestConfig, ingest
     from kgrec.ingest.sources import discover
@@ -78,7 +79,7 @@ def homedepot_data(src: str | Path, workdir: str | Path, seed: int = 0,
     judgements = export_judgements(store, snapshot)
     titles = store.nodes("Product").set_index("product_id")["title"].astype(str)
     titles = titles.reindex(snapshot.id_maps["product"]).fillna("").tolist()
-    judgements["grade"] = judgements["label"].astype(float) - 1.0
+    judgements["grade"] = judgements["label"].astype(float)  # the converter wrote grades 0..2
     judgements["split"] = query_disjoint_split(judgements["query_id"], fractions, seed)
     queries = judgements.drop_duplicates("query_id")[["query_id", "query", "split"]].reset_index(drop=True)
     return SearchData(snapshot, judgements, queries, titles, counts)
@@ -134,20 +135,6 @@ class SearchBenchmarkConfig:
             raise ValueError(f"unknown search models {unknown}; choose from {list(SEARCH_MODELS)}")
         if "hybrid" in self.models and "fused" not in self.models:
             raise ValueError("the hybrid model mixes the fused model with BM25: add 'fused' to the models")
-
-
-@dataclass
-class SearchResult:
-    """One row of the comparison: test metrics per protocol, cost."""
-
-    model: str
-    mode: str
-    test: dict[str, dict[str, float]]
-    valid_ndcg: float | None
-    train_seconds: float
-    trainable_parameters: int
-    epochs: int
-    extra: dict = field(default_factory=dict)
 
 
 def _split_examples(data: SearchData, split: str, vectors: torch.Tensor, index: dict[str, int],
@@ -351,23 +338,6 @@ def _cross_encoder_row(data, encoder, config, first_stage, first, first_name, mo
                    f"rerank {metrics['rerank']['ndcg@10']:.4f}")
     return SearchResult(f"{first_name} + cross-encoder@{depth}", reranker.config.tuning.mode, metrics, None,
                         round(time.perf_counter() - start, 1), trainable, reranker.config.epochs, extra)
-
-
-def search_results_markdown(results: list[SearchResult], k: int = 10) -> str:
-    """The comparison as a markdown table (best of each metric column in bold)."""
-    columns = [("full", f"{m}@{k}") for m in ("ndcg", "mrr", "map")] + [("rerank", "ndcg@3"), ("rerank", f"ndcg@{k}")]
-    values = [[r.test[p][m] for p, m in columns] for r in results]
-    best = [max(v[i] for v in values) for i in range(len(columns))] if values else []
-    head = ("| model | mode | " + " | ".join(f"{m} ({p})" for p, m in columns)
-            + " | vs BM25 ndcg@10 (full) | trainable params | train s |")
-    lines = [head, "|---" * (len(columns) + 5) + "|"]
-    for r, v in zip(results, values):
-        cells = [f"**{x:.4f}**" if x == b else f"{x:.4f}" for x, b in zip(v, best)]
-        paired = r.extra.get("vs_bm25_ndcg@10")
-        versus = f"{paired['relative']:+.1%} (p={paired['p_bootstrap']:.2g})" if paired else ""
-        lines.append(f"| {r.model} | {r.mode} | " + " | ".join(cells)
-                     + f" | {versus} | {r.trainable_parameters:,} | {r.train_seconds:.0f} |")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- personalised search

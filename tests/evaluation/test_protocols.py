@@ -11,7 +11,6 @@ from kgrec.evaluation.protocols import (
     evaluate_sampled,
     leakage_counts,
     leave_one_out_split,
-    read_timestamps,
     sample_negatives,
     split_summary,
     temporal_split,
@@ -83,15 +82,6 @@ def test_temporal_explicit_cut_and_errors(tiny_snapshot):
         attach_timestamps(tiny_snapshot, _timestamp_table(tiny_snapshot).iloc[1:])
     with pytest.raises(ValueError, match="unknown split labels"):
         with_split(tiny_snapshot, pd.Series("holdout", index=tiny_snapshot.interactions.index))
-
-
-def test_read_timestamps(tmp_path, tiny_snapshot):
-    table = _timestamp_table(tiny_snapshot).assign(event="purchase")
-    table.to_csv(tmp_path / "interactions.csv", index=False)
-    back = read_timestamps(tmp_path)
-    assert back["timestamp"].tolist() == table["timestamp"].tolist()
-    table.drop(columns="timestamp").to_csv(tmp_path / "interactions.csv", index=False)
-    assert read_timestamps(tmp_path) is None
 
 
 @pytest.fixture(params=["leave-one-out", "temporal", "sampled"])

@@ -5,10 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
-from kgrec.cli_evaluate import register
+from kgrec.cli import app
 from kgrec.evaluation.metrics import metrics_from_position
 from kgrec.evaluation.recommendation import evaluate, evaluate_detailed
 from kgrec.evaluation.report import Document, breakdown, bucketize, write_report
@@ -19,15 +18,12 @@ from kgrec.ingest.tables import write_tables
 MODELS = "popularity,text-zero-shot,mf-bpr"
 
 
-def _app():
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # keeps `evaluate` a sub-command, as on the real app
-        pass
-
-    register(app)
-    return app
+def _store(tables, tmp):
+    """The tables ingested into an embedded store through `kgrec ingest`; returns the store folder."""
+    store = tmp / "store"
+    result = CliRunner().invoke(app, ["ingest", str(tables), "--store", str(store), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return store
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +33,8 @@ def report_run(tiny_tables, tiny_bert_dir, tmp_path_factory):
     write_tables(tiny_tables, data)
     out = tmp / "report"
     result = CliRunner().invoke(
-        _app(),
-        ["evaluate", "--quick", "--data", str(data), "--out", str(out), "--text-model", tiny_bert_dir,
+        app,
+        ["evaluate", "--quick", "--store", str(_store(data, tmp)), "--out", str(out), "--text-model", tiny_bert_dir,
          "--models", MODELS, "--reference", "mf-bpr", "--bootstrap", "200", "--sampled", "5", "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -81,7 +77,7 @@ def test_evaluate_writes_report_and_per_user(report_run):
 
 def test_from_run_recomputes_the_same_report(report_run, tmp_path):
     out, _ = report_run
-    result = CliRunner().invoke(_app(), ["evaluate", "--from-run", str(out), "--out", str(tmp_path), "--bootstrap", "200",
+    result = CliRunner().invoke(app, ["evaluate", "--from-run", str(out), "--out", str(tmp_path), "--bootstrap", "200",
                                          "--reference", "mf-bpr"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report.md").read_text().replace(str(tmp_path), "") == (out / "report.md").read_text().replace(str(out), "")
@@ -183,15 +179,18 @@ def test_evaluate_temporal_protocol(tiny_tables, tmp_path):
     inter["timestamp"] = [base[u] + 37 * o for u, o in zip(inter["user_id"], inter["order"])]
     inter.to_csv(data / "interactions.csv", index=False)
     out = tmp_path / "report"
-    result = CliRunner().invoke(_app(), ["evaluate", "--data", str(data), "--out", str(out), "--models", "popularity",
-                                         "--protocol", "temporal", "--temporal-quantile", "0.7", "--bootstrap", "100"])
+    store = _store(data, tmp_path)
+    result = CliRunner().invoke(app, ["evaluate", "--store", str(store), "--out", str(out), "--models", "popularity",
+                                      "--protocol", "temporal", "--temporal-quantile", "0.7", "--bootstrap", "100"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     payload = json.loads((out / "results.json").read_text())
     assert payload["protocol"]["name"] == "temporal" and all(v == 0 for v in payload["facts"]["leakage"].values())
     md = (out / "report.md").read_text()
-    assert "Split: **temporal**" in md and "No significance tests" in md
-    # no timestamp column: a clear error
+    assert "Recommendation split: **temporal**" in md and "No significance tests" in md
+    # no timestamps on the interactions: a clear error
     write_tables(tiny_tables, data)
-    bad = CliRunner().invoke(_app(), ["evaluate", "--data", str(data), "--out", str(out), "--models", "popularity",
-                                      "--protocol", "temporal"])
-    assert bad.exit_code != 0 and "timestamp" in bad.output
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    bad = CliRunner().invoke(app, ["evaluate", "--store", str(_store(data, plain)), "--out", str(out), "--models", "popularity",
+                                   "--protocol", "temporal"])
+    assert bad.exit_code == 2 and "timestamps" in bad.output and "Traceback" not in bad.output

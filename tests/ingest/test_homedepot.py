@@ -129,7 +129,7 @@ def test_converted_tables_go_through_kgrec_ingest(sample, tmp_path):
     snapshot = export_snapshot(store)
     judged = export_judgements(store, snapshot)
     index = {p: i for i, p in enumerate(snapshot.id_maps["product"])}
-    expected = sorted((q, text, index[p], label) for q, text, p, label in EXPECTED_JUDGEMENTS)
+    expected = sorted((q, text, index[p], label - 1.0) for q, text, p, label in EXPECTED_JUDGEMENTS)  # grades 0..2
     assert [tuple(r) for r in judged[["query_id", "query", "product", "label"]].values] == expected
 
 
@@ -137,7 +137,8 @@ def test_write_tables_round_trip(sample, tmp_path):
     data = read_homedepot(sample["csv"])
     paths = write_homedepot_tables(data, tmp_path / "out")
     back = pd.read_csv(paths["judgements"], dtype={"product_id": str}, keep_default_na=False)
-    pd.testing.assert_frame_equal(back, data.judgements)
+    # the written label is the grade: the raters' mean minus 1 (0 = irrelevant)
+    pd.testing.assert_frame_equal(back, data.judgements.assign(label=data.judgements["label"] - 1.0))
     products = pd.read_json(paths["products"], lines=True, dtype={"product_id": str})
     pd.testing.assert_frame_equal(products, data.products)
 

@@ -36,7 +36,7 @@ def _lint(statements: list[cypher.Statement], rels: list[str]) -> dict[str, list
     if shutil.which("node") is None or not (TOOL / "node_modules" / "@neo4j-cypher").is_dir():
         if os.environ.get("CI"):
             pytest.fail("Cypher linter unavailable under CI", pytrace=False)
-        pytest.skip("Cypher linter not installed (.ci/setup-neo4j-test-deps.sh)")
+        pytest.skip("Cypher linter not installed (`make setup`)")
     keys = {nt.key for nt in NODE_TYPES.values()} | {k for rt in REL_TYPES.values() for k in rt.key}
     payload = {
         "schema": {"labels": sorted(NODE_TYPES), "relationshipTypes": sorted([*REL_TYPES, *rels]),

@@ -16,47 +16,17 @@ from kgrec.kg.export import export_snapshot
 RELATIONS = ("film.film.directed_by", "film.film.genre", "starring")
 
 
-def write_recbole(directory: Path, users: int = 12, items: int = 20, per_user: int = 6, seed: int = 0) -> dict:
-    """A small RecBole data set ``toy`` with .inter/.item/.user/.kg/.link; returns what it wrote."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    rows = 0
-    for u in range(users):
-        for k, i in enumerate(rng.choice(items, size=per_user, replace=False)):
-            inter.append(f"u{u}\t{i}\t{rng.integers(1, 6)}.0\t{1_600_000_000 + 1000 * k + u}")
-            rows += 1
-    (directory / "toy.inter").write_text("\n".join(inter) + "\n")
-    item = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    for i in range(items):
-        item.append(f"{i}\tmovie number {i}\t{1990 + i % 7}\t{['drama', 'comedy thriller'][i % 2]}")
-    (directory / "toy.item").write_text("\n".join(item) + "\n")
-    (directory / "toy.user").write_text("user_id:token\tage:token\n" + "".join(f"u{u}\t{20 + u}\n" for u in range(users)))
-    link = ["item_id:token\tentity_id:token"] + [f"{i}\tm.{i:03d}" for i in range(items)]
-    (directory / "toy.link").write_text("\n".join(link) + "\n")
-    kg = ["head_id:token\trelation_id:token\ttail_id:token"]
-    triples = set()
-    for i in range(items):
-        triples.add((f"m.{i:03d}", RELATIONS[0], f"director.{i % 4}"))
-        triples.add((f"m.{i:03d}", RELATIONS[1], f"genre.{i % 3}"))
-        triples.add((f"m.{i:03d}", RELATIONS[2], f"actor.{i % 5}"))
-        triples.add((f"m.{i:03d}", RELATIONS[2], f"actor.{(i + 1) % 5}"))
-    kg += ["\t".join(t) for t in sorted(triples)]
-    (directory / "toy.kg").write_text("\n".join(kg) + "\n")
-    return {"interactions": rows, "triples": len(triples), "items": items, "users": users}
-
-
 def test_recbole_header():
     assert recbole_header(["user_id:token", "item_id_list:token_seq", "plain"]) == ["user_id", "item_id_list", "plain"]
 
 
-def test_recbole_kg_to_typed_edges_and_training(tmp_path):
+def test_recbole_kg_to_typed_edges_and_training(tmp_path, recbole_kg):
     from kgrec.evaluation.recommendation import evaluate
     from kgrec.fusion.models import FusedConfig
     from kgrec.fusion.registry import ModelInputs, build_model
     from kgrec.fusion.train import TrainConfig, fit
 
-    wrote = write_recbole(tmp_path / "toy")
+    wrote = recbole_kg(tmp_path / "toy")
     found = discover([tmp_path / "toy"])
     assert found.adapters == ["recbole"]
     assert sorted(s.kind for s in found.sources) == ["interaction", "link", "product", "triple", "user"]
@@ -109,8 +79,8 @@ def test_recbole_kg_to_typed_edges_and_training(tmp_path):
     assert sum(again.added().values()) == 0 and again.rejected == 0
 
 
-def test_recbole_without_item_file_creates_products(tmp_path):
-    write_recbole(tmp_path / "toy")
+def test_recbole_without_item_file_creates_products(tmp_path, recbole_kg):
+    recbole_kg(tmp_path / "toy")
     (tmp_path / "toy" / "toy.item").unlink()
     (tmp_path / "toy" / "toy.link").unlink()
     found = discover([tmp_path / "toy"])
@@ -125,8 +95,8 @@ def test_recbole_without_item_file_creates_products(tmp_path):
     "bad, reason",
     [("u1\t3\tfive\t1600000000", "not_number"), ("u1\t3\t4.0", "field_count"), ("\t3\t4.0\t1600000000", "missing")],
 )
-def test_recbole_bad_rows_are_reported(tmp_path, bad, reason):
-    write_recbole(tmp_path / "toy")
+def test_recbole_bad_rows_are_reported(tmp_path, bad, reason, recbole_kg):
+    recbole_kg(tmp_path / "toy")
     path = tmp_path / "toy" / "toy.inter"
     path.write_text(path.read_text() + bad + "\n")
     found = discover([tmp_path / "toy"])

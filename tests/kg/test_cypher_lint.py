@@ -31,7 +31,7 @@ def _linter_missing() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed"
     if not PACKAGE.is_dir():
-        return f"{PACKAGE.relative_to(TOOL.parents[1])} is missing: run .ci/setup-neo4j-test-deps.sh"
+        return f"{PACKAGE.relative_to(TOOL.parents[1])} is missing: run `make setup`"
     return None
 
 

@@ -6,22 +6,14 @@ import shutil
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from kgrec.cli_serving import register
+from kgrec.cli import app
 from kgrec.serving.api import Scorer
 
 
 @pytest.fixture(scope="module")
-def app():
-    app = typer.Typer()
-    register(app)
-    return app
-
-
-@pytest.fixture(scope="module")
-def run(app):
+def run():
     runner = CliRunner()
 
     def invoke(*args, ok=True):
@@ -46,8 +38,8 @@ def trained(run, tiny_store, tiny_bert_dir, tmp_path_factory):
 
 def test_train_writes_a_loadable_artifact(trained, run):
     root, store, artifact, payload = trained
-    assert payload["artifact"] == str(artifact) and payload["epochs"] == 2
-    assert 0 <= payload["test"]["ndcg@10"] <= 1
+    assert payload["artifact"] == str(artifact) and payload["epochs"] == 2 and payload["tasks"] == ["rec"]
+    assert 0 <= payload["rec"]["test"]["ndcg@10"] <= 1
     assert Scorer.load(artifact).model.name == "fused"
     again = run("train", "--store", store, "--out", artifact, ok=False)
     assert again.exit_code != 0 and "--overwrite" in again.output

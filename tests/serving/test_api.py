@@ -78,14 +78,19 @@ def test_recommend_excludes_seen_and_matches_a_full_ranking(fused, tiny_snapshot
     assert len(with_seen) == 24 and set(history[users[0]]) <= {p for p, _ in with_seen}
 
 
-def test_batched_requests_call_the_user_tower_once_and_equal_single_requests(fused, tiny_snapshot, monkeypatch):
-    users = tiny_snapshot.id_maps["user"][:6] + ["stranger"]
-    singles = [fused.recommend([u], k=4)[0] for u in users]
+@pytest.mark.parametrize("cache", [False, True])
+def test_batched_requests_call_the_user_tower_once_and_equal_single_requests(fused, tiny_snapshot, monkeypatch, cache):
+    scorer = Scorer(fused.artifact, cache_user_vectors=cache)
+    users = tiny_snapshot.id_maps["user"][:6] + ["stranger", "visitor"]
+    session = {"visitor": fused.product_ids[:3]}
+    singles = [scorer.recommend([u], k=4, session=session if u == "visitor" else None)[0] for u in users]
     calls = []
-    original = fused.model.serving_users
-    monkeypatch.setattr(fused.model, "serving_users", lambda state, batch: calls.append(len(batch)) or original(state, batch))
-    batched = fused.recommend(users, k=4)
-    assert calls == [len(users)]
+    original = scorer.model.serving_users
+    monkeypatch.setattr(scorer.model, "serving_users", lambda state, batch: calls.append(len(batch)) or original(state, batch))
+    batched = scorer.recommend(users, k=4, session=session)
+    # one tower call for the rows that need it: every user with a history (no cache) or only the
+    # session visitor (cache); the stranger is scored by popularity
+    assert calls == [1] if cache else [len(users) - 1]
     for one, many in zip(singles, batched):
         assert [p for p, _ in one] == [p for p, _ in many] and one.source == many.source
         assert [s for _, s in one] == pytest.approx([s for _, s in many], abs=1e-5)

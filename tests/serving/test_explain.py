@@ -112,7 +112,7 @@ def test_cypher_uses_parameters_and_schema_names_only(explanations):
 
 def test_cypher_passes_the_neo4j_linter(explanations, scorer):
     if not (LINT / "node_modules" / "@neo4j-cypher" / "language-support").is_dir():
-        pytest.skip("tools/cypher-lint is not installed (.ci/setup-neo4j-test-deps.sh)")
+        pytest.skip("tools/cypher-lint is not installed (`make setup`)")
     session = scorer.explain("visitor", "P05", session=scorer.user_history("U1"), max_paths=50)
     queries = {}
     for exp in [*explanations, session]:

@@ -1,23 +1,12 @@
-"""``kgrec ingest`` (kgrec/cli_ingest.py) on a local app, as kgrec/cli.py registers it."""
+"""``kgrec ingest``: exit statuses, the reject report, column mapping from the command line, usage errors."""
 from __future__ import annotations
 
 import json
 
-import typer
 from typer.testing import CliRunner
 
-from kgrec.cli_ingest import register
+from kgrec.cli import app
 from kgrec.ingest.tables import write_tables
-
-app = typer.Typer()
-
-
-@app.callback()
-def _main() -> None:
-    """kgrec (test app)."""
-
-
-register(app)
 
 
 def test_ingest_reports_bad_rows_and_exit_status(tiny_tables, tmp_path):
@@ -25,14 +14,14 @@ def test_ingest_reports_bad_rows_and_exit_status(tiny_tables, tmp_path):
     write_tables(tiny_tables, data)
     (data / "interactions.csv").write_text("user_id,product_id,event,order\nU0,P00,purchase,0\nU0,NOPE,purchase,1\n")
     store = tmp_path / "store"
-    result = CliRunner().invoke(app, ["ingest", str(data), "--store-dir", str(store), "--no-progress"])
+    result = CliRunner().invoke(app, ["ingest", str(data), "--store", str(store), "--no-progress"])
     assert result.exit_code == 1, result.output
     assert "36 rows read = 35 loaded + 1 rejected" in result.output
     assert "dangling" in result.output and "NOPE" in result.output
     report = json.loads((store / "_ingest" / "ingest-report.json").read_text())
     assert report["rejected"] == 1 and report["rejects_sample"][0]["row"] == 2
     assert report["rejects_sample"][0]["field"] == "product_id"
-    again = CliRunner().invoke(app, ["ingest", str(data), "--store-dir", str(store), "--no-progress", "--allow-rejects"])
+    again = CliRunner().invoke(app, ["ingest", str(data), "--store", str(store), "--no-progress", "--allow-rejects"])
     assert again.exit_code == 0, again.output
     assert json.loads((store / "_ingest" / "ingest-report.json").read_text())["added"]["PURCHASED"] == 0
 
@@ -40,7 +29,7 @@ def test_ingest_reports_bad_rows_and_exit_status(tiny_tables, tmp_path):
 def test_ingest_maps_columns_from_the_command_line(tmp_path):
     (tmp_path / "orders.csv").write_text("customer,sku,when\nc1,A,2024-01-01T00:00:00Z\nc1,B,2024-01-02T00:00:00Z\n")
     result = CliRunner().invoke(app, [
-        "ingest", str(tmp_path / "orders.csv"), "--kind", "orders.csv=interactions", "--store-dir", str(tmp_path / "s"),
+        "ingest", str(tmp_path / "orders.csv"), "--kind", "orders.csv=interactions", "--store", str(tmp_path / "s"),
         "--map", "user_id=customer", "--map", "interaction.product_id=sku", "--map", "timestamp=when",
         "--dangling", "product=create", "--no-progress",
     ])
@@ -51,7 +40,7 @@ def test_ingest_maps_columns_from_the_command_line(tmp_path):
 
 def test_ingest_usage_errors(tmp_path):
     (tmp_path / "mystery.csv").write_text("a\n1\n")
-    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "mystery.csv"), "--store-dir", str(tmp_path / "s")])
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "mystery.csv"), "--store", str(tmp_path / "s")])
     assert result.exit_code == 2 and "cannot tell the record kind" in result.output
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "mystery.csv"), "--kind", "mystery.csv=users",
                                       "--store", "neo4j"], env={"KGREC_NEO4J_URI": ""})

@@ -1,0 +1,195 @@
+"""Build and train one registered model for the tasks of a dataset (recommendation, search or both).
+
+The one place where a model meets its inputs: :func:`train_model` picks the model's text and graph
+inputs, its config for the tasks, its trainer settings, the search examples and the validators,
+and calls :func:`kgrec.fusion.train.fit`. Evaluation (:mod:`kgrec.workflow.evaluate`) and the
+artifact (:mod:`kgrec.workflow.train`) both go through it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from kgrec.encoders.tuning import TUNING_MODES, TextTuningConfig, TunedTextEncoder
+from kgrec.evaluation.recommendation import ndcg_validator
+from kgrec.evaluation.search import search_validator
+from kgrec.fusion.data import SearchBatch
+from kgrec.fusion.models import FusedConfig, FusedRecommender, ModelInputs, Recommender
+from kgrec.fusion.registry import MODELS, ModelSpec, build_model, spec
+from kgrec.fusion.train import SearchTask, TrainConfig, TrainHistory, Validator, fit
+from kgrec.kg.judgements import QUERY_NODE_TYPE
+from kgrec.search.examples import judged_examples
+from kgrec.workflow.data import Dataset
+from kgrec.workflow.features import TextFeatures
+from kgrec.workflow.store import WorkflowError
+
+
+@dataclass
+class ModelSettings:
+    """How models are configured and trained.
+
+    Attributes:
+        fused: config of the fused family (fused, text-only, graph-only); None = the default for
+            the tasks (:func:`fused_config_for`).
+        train: trainer settings of the softmax models; None = the registry's.
+        bpr_train: trainer settings of the BPR baselines (mf-bpr, lightgcn); None = the registry's.
+        search_batch_size: judged queries per training step (default 512).
+        search_weight: weight of the search loss beside the recommendation loss (default 1.0).
+        text_tuning: how the BERT of text models trains: ``frozen`` (cached vectors, default),
+            ``full``, ``lora``, ``ia3`` or ``prompt`` (:mod:`kgrec.encoders.tuning`).
+        tuned_batch_size: examples per step when BERT trains (its steps cost BERT passes over the
+            batch's texts; default 64).
+        seed, device, epochs: applied to every trainer config when set (None = keep).
+    """
+
+    fused: FusedConfig | None = None
+    train: TrainConfig | None = None
+    bpr_train: TrainConfig | None = None
+    search_batch_size: int = 512
+    search_weight: float = 1.0
+    text_tuning: str = "frozen"
+    tuned_batch_size: int = 64
+    seed: int | None = None
+    device: str | None = None
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.text_tuning not in TUNING_MODES:
+            raise WorkflowError(f"unknown text tuning {self.text_tuning!r}; choose from {list(TUNING_MODES)}")
+        if self.search_batch_size < 1 or self.tuned_batch_size < 1:
+            raise WorkflowError("batch sizes must be >= 1")
+        if not self.search_weight >= 0:
+            raise WorkflowError(f"the search weight must be >= 0, got {self.search_weight}")
+        if self.epochs is not None and self.epochs < 0:
+            raise WorkflowError(f"epochs must be >= 0, got {self.epochs}")
+
+    def train_config(self, entry: ModelSpec) -> TrainConfig | None:
+        """The trainer settings of ``entry`` (None: the model is not trained)."""
+        if entry.training is None:
+            return None
+        base = entry.training
+        if entry.model_class is FusedRecommender and self.train is not None:
+            base = self.train
+        elif entry.model_class is not FusedRecommender and self.bpr_train is not None:
+            base = self.bpr_train
+        overrides: dict[str, Any] = {k: v for k, v in (("seed", self.seed), ("device", self.device), ("epochs", self.epochs))
+                                     if v is not None}
+        if self.text_tuning != "frozen" and entry.reads_text and entry.model_class is FusedRecommender:
+            overrides["batch_size"] = self.tuned_batch_size
+        return replace(base, **overrides)
+
+
+def fused_config_for(tasks: tuple[str, ...]) -> FusedConfig:
+    """The fused family's default config for ``tasks``.
+
+    Search adds the whole-catalogue loss for a trained BERT (``catalogue_loss``). Search alone
+    feeds product and query text into the GNN with feature-only nodes (a product or query never
+    judged in training is encoded like one that was) and starts the gate text-heavy.
+    """
+    if tasks == ("search",):
+        return FusedConfig(graph_text_input=True, feature_ids=False, gate_bias=3.0, personalize_search=False,
+                           catalogue_loss=1.0)
+    if "search" in tasks:
+        return FusedConfig(catalogue_loss=1.0)
+    return FusedConfig()
+
+
+def search_examples(dataset: Dataset, features: TextFeatures, split: str, max_history: int = 1) -> SearchBatch:
+    """The judged queries of ``split`` as a :class:`~kgrec.fusion.data.SearchBatch` (train queries
+    carry their node index in the graph, so their own judged edges are hidden while trained on)."""
+    frame = dataset.judgements[dataset.judgements["split"] == split]
+    rows = {q: i for i, q in enumerate(dataset.queries["query_id"].astype(str))}
+    nodes = {q: i for i, q in enumerate(dataset.snapshot.id_maps.get(QUERY_NODE_TYPE, []))} if split == "train" else None
+    return judged_examples(frame, features.queries, rows, nodes, max_history=max_history)
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and how it was trained."""
+
+    name: str
+    model: Recommender
+    tasks: tuple[str, ...]
+    history: TrainHistory
+    train_config: TrainConfig | None
+    validators: dict[str, Validator] = field(default_factory=dict, repr=False)
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def model_tasks(name: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """The subset of ``tasks`` model ``name`` can be trained and evaluated for."""
+    return tuple(t for t in tasks if t in spec(name).tasks)
+
+
+def model_inputs(entry: ModelSpec, dataset: Dataset, features: TextFeatures | None, tasks: tuple[str, ...],
+                 text_tuning: str = "frozen") -> ModelInputs:
+    """What ``entry``'s model is built from on ``dataset`` for ``tasks``."""
+    snapshot = dataset.snapshot
+    if entry.reads_text and features is None:
+        raise WorkflowError(f"model {entry.name!r} reads product text: encode it first")
+    extra: dict[str, Any] = {}
+    if features is not None and "search" in tasks:
+        extra["query_dim"] = features.dim
+    if features is not None and entry.reads_graph and QUERY_NODE_TYPE in snapshot.id_maps:
+        extra["node_features"] = {QUERY_NODE_TYPE: features.query_nodes}
+    if text_tuning != "frozen" and entry.reads_text and entry.model_class is FusedRecommender:
+        assert features is not None
+        extra["text_tower"] = TunedTextEncoder(features.encoder, TextTuningConfig(mode=text_tuning))
+        extra["product_texts"] = list(snapshot.product_text)
+    return ModelInputs.from_snapshot(snapshot, features.products if entry.reads_text and features is not None else None,
+                                     **extra)
+
+
+def train_model(
+    name: str,
+    dataset: Dataset,
+    features: TextFeatures | None,
+    tasks: tuple[str, ...],
+    settings: ModelSettings,
+    progress: bool = False,
+) -> TrainedModel:
+    """Build model ``name`` and train it on the ``tasks`` it supports, early-stopping on their
+    validation NDCG@10 (mean over the tasks); the best weights (possibly the untrained start) are kept.
+
+    Raises:
+        WorkflowError: the model supports none of ``tasks``.
+    """
+    entry = spec(name)
+    tasks = model_tasks(name, tasks)
+    if not tasks:
+        raise WorkflowError(f"model {name!r} is trained for {sorted(entry.tasks)}, and the data supports none of those here")
+    train_config = settings.train_config(entry)
+    fused = settings.fused if settings.fused is not None else fused_config_for(tasks)
+    torch.manual_seed(train_config.seed if train_config is not None else (settings.seed or 0))
+    model = build_model(name, model_inputs(entry, dataset, features, tasks, settings.text_tuning), fused)
+    tower = getattr(model, "text_tower", None)
+    if isinstance(model, FusedRecommender) and tower is not None and settings.text_tuning == "prompt":
+        model.refresh_text()  # virtual tokens change even the untrained tower's vectors
+    max_history = train_config.max_history if train_config is not None else 50
+    supervised = tuple(t for t in tasks if dataset.why_not(t) is None)
+    if train_config is None or train_config.epochs == 0 or not supervised:
+        model.set_graph(dataset.snapshot.message_passing("train"))  # untrained: popularity counts, zero-shot text
+        model.eval()
+        return TrainedModel(name, model, tasks, TrainHistory(), train_config)
+    validators: dict[str, Validator] = {}
+    search = None
+    if "rec" in supervised:
+        validators["rec"] = ndcg_validator(dataset.snapshot, "valid", max_history=max_history)
+    if "search" in supervised:
+        assert features is not None
+        validators["search"] = search_validator(search_examples(dataset, features, "valid"))
+        search = SearchTask(train=search_examples(dataset, features, "train"), weight=settings.search_weight,
+                            batch_size=settings.search_batch_size if tower is None else settings.tuned_batch_size)
+    history = fit(model, dataset.snapshot, train_config, progress=progress, search=search, validators=validators,
+                  rec="rec" in supervised)
+    model.eval()
+    return TrainedModel(name, model, tasks, history, train_config, validators)
+
+
+#: Names of the registered models, for help texts.
+MODEL_CHOICES = ", ".join(MODELS)
