@@ -124,6 +124,7 @@ class Source:
         if self.format == "frame":
             return FrameReader(self.frame, self.name, chunk_rows)  # type: ignore[arg-type]
         assert self.path is not None
+        reader: CsvReader | JsonlReader | ParquetReader
         if self.format in ("csv", "tsv"):
             dialect = self.dialect or CsvDialect(sep="\t" if self.format == "tsv" else ",")
             reader = CsvReader(self.path, dialect, chunk_bytes)
@@ -133,7 +134,7 @@ class Source:
             reader = ParquetReader(self.path, chunk_rows)
         else:
             raise SourceError(f"{self.path}: unknown format {self.format!r}")
-        reader.name = self.name
+        reader.name = self.name or str(self.path)
         return reader
 
     def identity(self) -> dict[str, Any]:

@@ -165,7 +165,9 @@ def _isna(value: Any) -> bool:
 
 def _elementwise(s: pd.Series, fn: Callable[[Any], tuple[Any, str | None]]) -> tuple[list, np.ndarray, np.ndarray, list]:
     """Apply ``fn(value) -> (converted, error)``; error "" = missing, None = fine."""
-    out, missing, bad, errors = [], np.zeros(len(s), bool), np.zeros(len(s), bool), [None] * len(s)
+    out: list[Any] = []
+    missing, bad = np.zeros(len(s), bool), np.zeros(len(s), bool)
+    errors: list[str | None] = [None] * len(s)
     for i, v in enumerate(s.tolist()):
         if _isna(v):
             out.append(None)
@@ -271,7 +273,7 @@ def _numbers(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, dict[int,
     n = len(s)
     if pd.api.types.is_bool_dtype(s.dtype):
         bad = ~s.isna().to_numpy(dtype=bool)
-        return pd.Series(np.nan, index=s.index), ~bad, bad, {i: "expected a number, got a boolean" for i in np.flatnonzero(bad)}
+        return pd.Series(np.nan, index=s.index), ~bad, bad, {i: "expected a number, got a boolean" for i in np.flatnonzero(bad).tolist()}
     if pd.api.types.is_numeric_dtype(s.dtype):
         values = s.astype("float64")
         return values, values.isna().to_numpy(dtype=bool), np.zeros(n, bool), {}
@@ -284,7 +286,7 @@ def _numbers(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, dict[int,
         bad = ~missing & num.isna().to_numpy(dtype=bool)
         if bad.any():  # the text NaN is a number, just not a finite one (the caller rejects it as such)
             bad &= ~present.str.strip().str.lower().isin(_NAN_TEXT).to_numpy(dtype=bool)
-        return num, missing, bad, {i: "not a number" for i in np.flatnonzero(bad)}
+        return num, missing, bad, {i: "not a number" for i in np.flatnonzero(bad).tolist()}
     out = np.full(n, np.nan)
     missing = np.zeros(n, bool)
     bad = np.zeros(n, bool)
@@ -508,7 +510,7 @@ def convert_path(s: pd.Series, separator: str) -> Converted:
     errors = {int(i): results[codes[i]][1] for i in np.flatnonzero(bad)}
     conv = Converted(pd.Series(values[codes] if len(codes) else [], index=s.index, dtype=object),
                      np.zeros(len(s), bool), bad, "bad_path")
-    conv.messages = errors  # type: ignore[assignment]
+    conv.messages = errors
     return conv
 
 
@@ -604,7 +606,7 @@ def validate_chunk(
         col = plan.fields.get(f.name)
         if col is None:
             if f.required:
-                fail(np.ones(n, bool), f.name, "missing", lambda i, f=f: f"no column for required field {f.name!r}", None)
+                fail(np.ones(n, bool), f.name, "missing", _constant(f"no column for required field {f.name!r}"), None)
             continue
         raw = frame[col]
         conv = _convert(f.type, raw, options)
@@ -616,7 +618,7 @@ def validate_chunk(
 
         fail(conv.bad, f.name, reasons, message, raw)
         if f.required:
-            fail(conv.missing, f.name, "missing", lambda i, f=f: f"empty {f.name}", raw)
+            fail(conv.missing, f.name, "missing", _constant(f"empty {f.name}"), raw)
         out[f.name] = conv.values
     _derive(schema, out, frame, rows, options, fail, plan, ok)
     clean = pd.DataFrame(out, index=frame.index) if out else pd.DataFrame(index=frame.index)
@@ -625,6 +627,11 @@ def validate_chunk(
     clean["_row"] = rows
     clean["_line"] = lines if lines is not None else rows
     return Validated(clean if ok.all() else clean[ok].reset_index(drop=True), rejects, plan)
+
+
+def _constant(message: str) -> Callable[[int], str]:
+    """The same reject message for every row."""
+    return lambda i: message
 
 
 def _convert(kind: str, raw: pd.Series, options: SourceOptions) -> Converted:

@@ -205,7 +205,7 @@ class EmbeddedStore(GraphStore):
                 raise KeyError(f"node {node} is not in the graph")
         if self._undirected is None:
             self._undirected = nx.Graph(g.to_undirected(as_view=True))
-        out = []
+        out: list[list[tuple[tuple[str, str], str, tuple[str, str]]]] = []
         try:
             for path in nx.shortest_simple_paths(self._undirected, source, target):
                 if len(path) - 1 > max_hops or len(out) >= limit:

@@ -115,7 +115,7 @@ class WriterLock:
     """
 
     def __init__(self, folder: str | os.PathLike[str], timeout: float | None = 60.0, poll: float = 0.05,
-                 on_acquire: Callable[[], None] | None = None) -> None:
+                 on_acquire: Callable[[], object] | None = None) -> None:
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"lock timeout must be >= 0 seconds or None, got {timeout!r}")
         self.folder = Path(folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,9 +215,9 @@ def register_relation(name: str) -> RelType:
     return rt
 
 
-def register_relations(names: object) -> list[str]:
+def register_relations(names: Iterable[object]) -> list[str]:
     """Register every name of an iterable (e.g. the ``rel_type`` column of ``KgRelation``)."""
-    return [register_relation(str(n)).name for n in names]  # type: ignore[union-attr]
+    return [register_relation(str(n)).name for n in names]
 
 
 def kg_relation_types() -> list[str]:
