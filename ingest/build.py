@@ -12,7 +12,9 @@ kind          graph
 product       ``Product {product_id, title, description, brand, category_path, price, ...}``;
               every prefix of ``category_path`` a ``Category {category_id, name, level}``
               (id = levels joined by ``" > "``) with ``SUBCATEGORY_OF`` its parent;
-              ``IN_CATEGORY`` the deepest level (or ``category_id``); ``MADE_BY`` the brand
+              ``IN_CATEGORY`` ``category_id``, else the path's deepest level; ``MADE_BY``
+              the brand (both single-valued: an update replaces the product's edge, an
+              empty value removes it)
 category      ``Category {category_id, name, ...}``; ``SUBCATEGORY_OF`` its ``parent_id``
 brand, user,  ``Brand`` / ``User`` / ``Entity`` with their fields and attributes
 entity
@@ -114,12 +116,21 @@ def _product(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Frame
     _with(frame, clean, [c for c in ("title", "description", "brand", "category_path", "price") if c in clean.columns])
     _add(nodes, "Product", _with(frame, clean, attribute_columns("product", clean)))
 
+    if "category_path" in clean.columns or "category_id" in clean.columns:
+        # A product is in one category (IN_CATEGORY is single-valued): its category_id, else the
+        # deepest level of its category_path; None (neither given) removes an earlier one.
+        category = pd.Series([None] * len(clean), dtype=object)
+        if "category_path" in clean.columns:
+            paths = clean["category_path"].astype(object)
+            category = paths.where(paths != "", None)
+        if "category_id" in clean.columns:
+            ids = clean["category_id"].astype(object)
+            category = ids.where(ids.notna(), category)
+        _add(edges, "IN_CATEGORY", pd.DataFrame({"source": _col(clean, "product_id"), "target": category.to_numpy()}))
     if "category_path" in clean.columns:
         # category_path holds the deepest category's id: levels joined by " > " ("" = none)
         paths = clean["category_path"].astype(object)
         has = (paths != "").to_numpy(dtype=bool)
-        _add(edges, "IN_CATEGORY", pd.DataFrame({"source": _col(clean, "product_id", has),
-                                                 "target": paths.to_numpy()[has]}))
         known = ctx.known("category")
         new_categories: dict[str, tuple[str, int]] = {}
         sub: dict[str, str] = {}
@@ -138,13 +149,11 @@ def _product(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Frame
                 {"category_id": list(new_categories), "name": [v[0] for v in new_categories.values()],
                  "level": np.asarray([v[1] for v in new_categories.values()], dtype=np.int64)}))
         _add(edges, "SUBCATEGORY_OF", pd.DataFrame({"source": list(sub), "target": list(sub.values())}))
-    if "category_id" in clean.columns:
-        has = clean["category_id"].notna().to_numpy()
-        _add(edges, "IN_CATEGORY", pd.DataFrame({"source": _col(clean, "product_id", has),
-                                                 "target": _col(clean, "category_id", has)}))
     if "brand" in clean.columns:
-        has = clean["brand"].notna().to_numpy()
-        _add(edges, "MADE_BY", pd.DataFrame({"source": _col(clean, "product_id", has), "target": _col(clean, "brand", has)}))
+        # MADE_BY is single-valued: a new brand replaces the old one, an empty brand removes it
+        brand = clean["brand"].astype(object)
+        _add(edges, "MADE_BY", pd.DataFrame({"source": _col(clean, "product_id"),
+                                             "target": brand.where(brand.notna(), None).to_numpy()}))
 
 
 def _category(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Frames) -> None:
@@ -160,6 +169,8 @@ def _category(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Fram
 def _interaction(clean: pd.DataFrame, ctx: BuildContext, nodes: Frames, edges: Frames) -> None:
     props = [c for c in ("timestamp", "weight") if c in clean.columns] + attribute_columns("interaction", clean)
     codes, events = pd.factorize(clean["event"])
+    if (codes < 0).any():  # validation gives every loaded row an event; a row without one would be lost here
+        raise ValueError(f"{int((codes < 0).sum())} interaction rows without an event reached the graph builder")
     for code, event in enumerate(events.tolist()):
         part = clean if len(events) == 1 else clean[codes == code].reset_index(drop=True)
         frame = pd.DataFrame({

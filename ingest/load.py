@@ -45,7 +45,7 @@ def load_tables(tables: CatalogTables, store: GraphStore, progress: bool = True,
     callback = _tqdm_progress() if progress else None
     report = Ingestor(store, config or IngestConfig(), callback).run(tables_sources(tables))
     if callback is not None:
-        callback.close()  # type: ignore[attr-defined]
+        callback.close()
     return IngestSummary(written=report.written, rows_read=report.read, seconds=report.seconds,
                          rows_loaded=report.loaded, rows_rejected=report.rejected, report=report)
 

@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ from kgrec.ingest.readers import (
 )
 from kgrec.ingest.schemas import DEFAULT_DANGLING, KIND_ORDER, REFERENCE_LABELS, SCHEMAS, kind_of
 from kgrec.ingest.validate import SourceOptions, validate_chunk
+from kgrec.kg.files import WriterLock, atomic_write_text, remove_stale_temporaries
 from kgrec.kg.schema import node_type, register_relations
 from kgrec.kg.store import GraphStore
 
@@ -74,6 +75,8 @@ INGEST_VERSION = 1
 CHECKPOINT = "checkpoint.json"
 REJECTS = "rejects.jsonl"
 REPORT = "ingest-report.json"
+#: Seconds a run waits for another run holding the same state folder.
+STATE_LOCK_TIMEOUT = 60.0
 #: Node labels in the order they are written (nodes before edges; KgRelation first).
 NODE_ORDER = ("KgRelation", "Category", "Brand", "Product", "User", "Entity", "Query")
 
@@ -121,6 +124,7 @@ class Source:
         if self.format == "frame":
             return FrameReader(self.frame, self.name, chunk_rows)  # type: ignore[arg-type]
         assert self.path is not None
+        reader: CsvReader | JsonlReader | ParquetReader
         if self.format in ("csv", "tsv"):
             dialect = self.dialect or CsvDialect(sep="\t" if self.format == "tsv" else ",")
             reader = CsvReader(self.path, dialect, chunk_bytes)
@@ -130,7 +134,7 @@ class Source:
             reader = ParquetReader(self.path, chunk_rows)
         else:
             raise SourceError(f"{self.path}: unknown format {self.format!r}")
-        reader.name = self.name
+        reader.name = self.name or str(self.path)
         return reader
 
     def identity(self) -> dict[str, Any]:
@@ -376,6 +380,18 @@ class Ingestor:
 
     # -- run -------------------------------------------------------------------------------
     def run(self, sources: Iterable[Source]) -> IngestReport:
+        """Ingest ``sources`` (see the module docstring).
+
+        The run holds the store's writer lock (:meth:`~kgrec.kg.store.GraphStore.writing`) and,
+        with a ``state_dir``, that folder's, from start to end: a second run into the same
+        embedded store or state folder waits for it, or fails with
+        :class:`~kgrec.kg.files.StoreLockedError` naming the holder.
+        """
+        writing = getattr(self.store, "writing", None)  # duck-typed stores may have no lock
+        with writing() if writing is not None else nullcontext(), _state_lock(self.config.state_dir):
+            return self._run(sources)
+
+    def _run(self, sources: Iterable[Source]) -> IngestReport:
         start = time.perf_counter()
         sources = sorted(sources, key=lambda s: KIND_ORDER.index(s.kind))
         cfg = self.config
@@ -555,7 +571,7 @@ class Ingestor:
         if report.flushes <= self._skip:
             report.resumed_flushes += 1
             return
-        labels = [l for l in NODE_ORDER if l in nodes] + [l for l in nodes if l not in NODE_ORDER]
+        labels = [n for n in NODE_ORDER if n in nodes] + [n for n in nodes if n not in NODE_ORDER]
         for label in labels:
             key = [node_type(label).key]
             for frame in _groups(nodes[label]):
@@ -665,9 +681,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _state_lock(state_dir: Path | None) -> AbstractContextManager[Any]:
+    """The writer lock of a state folder (checkpoint and reports), waiting as the store's does."""
+    if state_dir is None:
+        return nullcontext()
+    return WriterLock(state_dir, timeout=STATE_LOCK_TIMEOUT, on_acquire=lambda: remove_stale_temporaries(state_dir))
 
 
 def ingest(store: GraphStore, sources: Iterable[Source], config: IngestConfig | None = None,

@@ -13,7 +13,10 @@ What a reader rejects (``Reject.reason``):
 * ``bad_encoding``: the line is not valid in the source's encoding (UTF-8 by
   default); the line is reported, never decoded with replacement characters;
 * ``malformed``: the CSV tokenizer failed (a character after a closing quote, an
-  unterminated quote, a carriage return inside an unquoted field);
+  unterminated quote, a carriage return inside an unquoted field). When the failing
+  record runs over several lines (a quote opened a field that never closed properly),
+  only its first line is rejected and reading goes on with the next line, so a stray
+  quote costs one row, not the valid rows after it;
 * ``field_count``: a CSV record with more or fewer fields than the header;
 * ``empty_line``: a blank line (CSV with several columns, JSONL);
 * ``malformed_json`` / ``not_object``: a JSONL line that is not JSON / not an object;
@@ -29,11 +32,13 @@ through Python's :mod:`csv` module line by line, which is exact. Gzip files
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import io
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +56,31 @@ VALUE_EXCERPT = 120
 
 class SourceError(ValueError):
     """A file that cannot be read at all (missing, no header, not Parquet...)."""
+
+
+class _NaNLiteral:
+    """A JSON ``NaN`` literal, kept apart from ``null`` (a missing value).
+
+    Python's ``json`` turns ``NaN`` into a float NaN, which pandas cannot tell from a
+    null; the JSONL reader yields this marker instead, so validation rejects it as
+    ``not_finite`` where a number is expected (as ``Infinity`` and the CSV text ``NaN`` are).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+    def __float__(self) -> float:
+        return float("nan")
+
+
+#: The one :class:`_NaNLiteral`: what the JSONL reader yields for a ``NaN`` literal.
+NAN_LITERAL = _NaNLiteral()
+
+
+def _json_constant(name: str) -> Any:
+    return NAN_LITERAL if name == "NaN" else float(name)
 
 
 @dataclass
@@ -319,6 +349,13 @@ class CsvReader:
         starts: list[int], rejects: list[Reject], state: _CsvState,
     ) -> list[tuple[int, str]]:
         """Tokenise consecutive decoded lines; return the lines of an unfinished last record."""
+        with _field_size_limit(sys.maxsize):
+            return self._tokenise(run, final, records, rows, starts, rejects, state)
+
+    def _tokenise(
+        self, run: list[tuple[int, str]], final: bool, records: list[list[str]], rows: list[int],
+        starts: list[int], rejects: list[Reject], state: _CsvState,
+    ) -> list[tuple[int, str]]:
         ncols = len(self.columns)
         kwargs = self._csv_kwargs()
         begin = 0
@@ -334,19 +371,22 @@ class CsvReader:
                     break
                 except csv.Error as exc:
                     end = begin + reader.line_num  # lines consumed so far
-                    if start < len(run) and end >= len(run) and "unexpected end of data" in str(exc):
-                        span = end - start
-                        if not final and span < MAX_RECORD_LINES:
-                            return run[start:]  # the record may go on in the next block
-                        if span > 1:
-                            # unterminated quote: reject its first line, read on from the next
-                            state.row += 1
-                            rejects.append(Reject(
-                                self.name, state.row, None, "malformed",
-                                "unterminated quoted field", excerpt(run[start][1].rstrip("\r\n")), run[start][0],
-                            ))
-                            restart = start + 1
-                            break
+                    span = end - start
+                    unterminated = start < len(run) and end >= len(run) and "unexpected end of data" in str(exc)
+                    if unterminated and not final and span < MAX_RECORD_LINES:
+                        return run[start:]  # the record may go on in the next block
+                    if span > 1:
+                        # A quote opened a field that ran over the next lines (a stray quote, or a
+                        # quoted field never closed): reject the line that opened it and read on from
+                        # the next line, so the valid rows after it are not swallowed into this reject.
+                        state.row += 1
+                        why = ("unterminated quoted field" if unterminated
+                               else f"CSV: {exc} (a quoted field opened here runs over {span} lines)")
+                        rejects.append(Reject(
+                            self.name, state.row, None, "malformed", why, excerpt(run[start][1].rstrip("\r\n")), run[start][0],
+                        ))
+                        restart = start + 1
+                        break
                     state.row += 1
                     rejects.append(Reject(
                         self.name, state.row, None, "malformed", f"CSV: {exc}",
@@ -374,6 +414,21 @@ class CsvReader:
                 break
             begin = restart
         return []
+
+
+@contextlib.contextmanager
+def _field_size_limit(limit: int) -> Iterator[None]:
+    """Lift :mod:`csv`'s field size limit (128 KiB by default) while a block is parsed.
+
+    A record's size is bounded by the block and :data:`MAX_RECORD_LINES` already; with the
+    default limit a long quoted field (a product description) was rejected, and its
+    continuation lines were read as rows of their own.
+    """
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _arrow_csv(block: bytes, columns: list[str], sep: str) -> pd.DataFrame | None:
@@ -429,7 +484,7 @@ class JsonlReader:
         stream, raw = _open_binary(self.path)
         total = os.path.getsize(self.path)
         row = 0
-        decoder = json.JSONDecoder()
+        decoder = json.JSONDecoder(parse_constant=_json_constant)
         try:
             while True:
                 lines = stream.readlines(self.chunk_bytes)

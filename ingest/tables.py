@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 PRODUCT_COLUMNS = ["product_id", "title", "brand", "category_path"]
 USER_COLUMNS = ["user_id"]
 INTERACTION_COLUMNS = ["user_id", "product_id", "event", "order"]

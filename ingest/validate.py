@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kgrec.ingest.readers import Reject, excerpt
+from kgrec.ingest.readers import NAN_LITERAL, Reject, excerpt
 from kgrec.ingest.schemas import EVENT_ALIASES, FIELD_ALIASES, RecordSchema
 from kgrec.kg.schema import CATEGORY_SEPARATOR, SchemaError, property_key
 
@@ -36,6 +36,11 @@ _CONTROL = r"[\x00-\x1f\x7f]"
 #: Property keys an attribute may not take (edge endpoints, keys of the graph).
 RESERVED_KEYS = frozenset({"source", "target", "order", "key", "props", "rows"})
 _TIMESTAMP_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+#: Timestamps beyond this many seconds from 1970 are ``out_of_range`` (the order derived
+#: from a timestamp is in milliseconds and must fit an int64).
+MAX_TIMESTAMP_SECONDS = 9.2e15
+#: Texts of a NaN number (rejected as ``not_finite`` where a number is expected).
+_NAN_TEXT = ("nan", "+nan", "-nan")
 #: Columns whose JSON-object values are spread into one attribute per key.
 SPREAD_COLUMNS = ("attributes",)
 
@@ -47,7 +52,7 @@ class SourceOptions:
     Attributes:
         columns: field -> column name in the file (``{"user_id": "customer"}``).
         events: extra event names -> canonical event (``{"add-to-basket": "cart"}``).
-        default_event: event of interactions when the file has no event column.
+        default_event: event of interactions when the file has no event column or a row's event is empty.
         category_separator: separator of category levels in a text path.
         timestamp_unit: unit of numeric timestamps (``s``, ``ms``, ``us``, ``ns``).
         order_from_rows: with neither an order nor a timestamp column, use the
@@ -160,7 +165,9 @@ def _isna(value: Any) -> bool:
 
 def _elementwise(s: pd.Series, fn: Callable[[Any], tuple[Any, str | None]]) -> tuple[list, np.ndarray, np.ndarray, list]:
     """Apply ``fn(value) -> (converted, error)``; error "" = missing, None = fine."""
-    out, missing, bad, errors = [], np.zeros(len(s), bool), np.zeros(len(s), bool), [None] * len(s)
+    out: list[Any] = []
+    missing, bad = np.zeros(len(s), bool), np.zeros(len(s), bool)
+    errors: list[str | None] = [None] * len(s)
     for i, v in enumerate(s.tolist()):
         if _isna(v):
             out.append(None)
@@ -197,6 +204,8 @@ def convert_text(s: pd.Series) -> Converted:
             return str(int(v)), None
         if isinstance(v, (float, np.floating)):
             return (repr(float(v)), None) if math.isfinite(v) else (None, "expected text, got a non-finite number")
+        if v is NAN_LITERAL:
+            return None, "expected text, got a non-finite number"
         if isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, str) for x in v):
             text = "\n".join(v)
             return (text, None) if text.strip() else (None, "")
@@ -251,6 +260,8 @@ def convert_id(s: pd.Series) -> Converted:
             if math.isfinite(v) and float(v).is_integer():
                 return str(int(v)), None
             return None, f"expected an id, got the number {v!r}"
+        if v is NAN_LITERAL:
+            return None, "expected an id, got the number NaN"
         return None, f"expected an id, got {type(v).__name__}"
 
     values, missing, bad, errors = _elementwise(s, one)
@@ -262,7 +273,7 @@ def _numbers(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, dict[int,
     n = len(s)
     if pd.api.types.is_bool_dtype(s.dtype):
         bad = ~s.isna().to_numpy(dtype=bool)
-        return pd.Series(np.nan, index=s.index), ~bad, bad, {i: "expected a number, got a boolean" for i in np.flatnonzero(bad)}
+        return pd.Series(np.nan, index=s.index), ~bad, bad, {i: "expected a number, got a boolean" for i in np.flatnonzero(bad).tolist()}
     if pd.api.types.is_numeric_dtype(s.dtype):
         values = s.astype("float64")
         return values, values.isna().to_numpy(dtype=bool), np.zeros(n, bool), {}
@@ -273,13 +284,17 @@ def _numbers(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, dict[int,
         if num is None:
             num = pd.to_numeric(present.str.strip(), errors="coerce").astype("float64")
         bad = ~missing & num.isna().to_numpy(dtype=bool)
-        return num, missing, bad, {i: "not a number" for i in np.flatnonzero(bad)}
+        if bad.any():  # the text NaN is a number, just not a finite one (the caller rejects it as such)
+            bad &= ~present.str.strip().str.lower().isin(_NAN_TEXT).to_numpy(dtype=bool)
+        return num, missing, bad, {i: "not a number" for i in np.flatnonzero(bad).tolist()}
     out = np.full(n, np.nan)
     missing = np.zeros(n, bool)
     bad = np.zeros(n, bool)
     messages: dict[int, str] = {}
     for i, v in enumerate(s.tolist()):
-        if _isna(v):
+        if v is NAN_LITERAL:
+            pass  # NaN but not missing: the caller rejects it as not finite
+        elif _isna(v):
             missing[i] = True
         elif isinstance(v, (bool, np.bool_)):
             bad[i], messages[i] = True, "expected a number, got a boolean"
@@ -290,7 +305,9 @@ def _numbers(s: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray, dict[int,
                 missing[i] = True
                 continue
             num = pd.to_numeric(pd.Series([v.strip()]), errors="coerce").iloc[0]
-            if pd.isna(num):
+            if pd.isna(num) and v.strip().lower() in _NAN_TEXT:
+                out[i] = np.nan
+            elif pd.isna(num):
                 bad[i], messages[i] = True, "not a number"
             else:
                 out[i] = float(num)
@@ -381,7 +398,8 @@ def convert_timestamp(s: pd.Series, unit: str = "s") -> Converted:
         if todo.any():
             as_num = pd.to_numeric(stripped[todo], errors="coerce").to_numpy(dtype=float)
             secs[np.flatnonzero(todo)] = as_num * factor
-            need_dt = np.flatnonzero(todo)[np.isnan(as_num)]
+            nan_text = stripped[todo].str.lower().isin(_NAN_TEXT).to_numpy(dtype=bool)
+            need_dt = np.flatnonzero(todo)[np.isnan(as_num) & ~nan_text]
             if len(need_dt):
                 dt = pd.to_datetime(stripped.iloc[need_dt], format="ISO8601", utc=True, errors="coerce")
                 val = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
@@ -389,20 +407,28 @@ def convert_timestamp(s: pd.Series, unit: str = "s") -> Converted:
                 for i in need_dt[np.isnan(val)]:
                     bad[i] = True
                     messages[int(i)] = "not a number or an ISO-8601 date-time"
-        nonfinite = ~missing & ~bad & ~np.isfinite(np.nan_to_num(secs, nan=np.inf))
-        for i in np.flatnonzero(nonfinite):
-            messages[int(i)] = "not a finite time"
-        bad = bad | nonfinite
-        conv = Converted(pd.Series(np.where(bad | missing, np.nan, secs), index=s.index), missing, bad, "not_timestamp")
-        conv.messages = messages
-        return conv
+        return _finite_times(secs, missing, bad, messages, s.index)
     nums, missing, bad, messages = _numbers(s)
-    secs = nums.to_numpy(dtype=float) * factor
-    nonfinite = ~missing & ~bad & ~np.isfinite(np.nan_to_num(secs, nan=np.inf))
-    for i in np.flatnonzero(nonfinite):
-        messages[int(i)] = "not a finite time"
-    conv = Converted(pd.Series(np.where(bad | nonfinite, np.nan, secs), index=s.index), missing, bad | nonfinite, "not_timestamp")
+    return _finite_times(nums.to_numpy(dtype=float) * factor, missing, bad, messages, s.index)
+
+
+def _finite_times(secs: np.ndarray, missing: np.ndarray, bad: np.ndarray, messages: dict[int, str],
+                  index: pd.Index) -> Converted:
+    """Seconds -> a Converted that rejects NaN/±inf (``not_finite``) and times outside
+    :data:`MAX_TIMESTAMP_SECONDS` (``out_of_range``)."""
+    usable = ~missing & ~bad
+    nonfinite = usable & ~np.isfinite(secs)
+    with np.errstate(invalid="ignore"):
+        huge = usable & ~nonfinite & (np.abs(secs) > MAX_TIMESTAMP_SECONDS)
+    reasons: dict[int, str] = {}
+    for i in np.flatnonzero(nonfinite).tolist():
+        messages[i], reasons[i] = "not a finite time", "not_finite"
+    for i in np.flatnonzero(huge).tolist():
+        messages[i], reasons[i] = f"more than {MAX_TIMESTAMP_SECONDS:g} seconds from 1970", "out_of_range"
+    bad = bad | nonfinite | huge
+    conv = Converted(pd.Series(np.where(bad | missing, np.nan, secs), index=index), missing, bad, "not_timestamp")
     conv.messages = messages
+    conv.reasons = reasons
     return conv
 
 
@@ -452,6 +478,8 @@ def convert_path(s: pd.Series, separator: str) -> Converted:
             return ("S", v) if v.strip() else ("E",)
         if _isna(v):
             return ("E",)
+        if v is NAN_LITERAL:
+            return ("O", "the number NaN")
         return ("O", type(v).__name__)
 
     def check(k: tuple) -> tuple[str | None, str | None]:
@@ -482,7 +510,7 @@ def convert_path(s: pd.Series, separator: str) -> Converted:
     errors = {int(i): results[codes[i]][1] for i in np.flatnonzero(bad)}
     conv = Converted(pd.Series(values[codes] if len(codes) else [], index=s.index, dtype=object),
                      np.zeros(len(s), bool), bad, "bad_path")
-    conv.messages = errors  # type: ignore[assignment]
+    conv.messages = errors
     return conv
 
 
@@ -508,6 +536,8 @@ def attribute_values(s: pd.Series) -> pd.Series:
             return str(int(v))
         if isinstance(v, (float, np.floating)):
             return repr(float(v)) if math.isfinite(v) else str(v)
+        if v is NAN_LITERAL:
+            return "NaN"
         try:
             return json.dumps(v, ensure_ascii=False, default=str, sort_keys=True)
         except (TypeError, ValueError, RecursionError):
@@ -576,7 +606,7 @@ def validate_chunk(
         col = plan.fields.get(f.name)
         if col is None:
             if f.required:
-                fail(np.ones(n, bool), f.name, "missing", lambda i, f=f: f"no column for required field {f.name!r}", None)
+                fail(np.ones(n, bool), f.name, "missing", _constant(f"no column for required field {f.name!r}"), None)
             continue
         raw = frame[col]
         conv = _convert(f.type, raw, options)
@@ -588,15 +618,20 @@ def validate_chunk(
 
         fail(conv.bad, f.name, reasons, message, raw)
         if f.required:
-            fail(conv.missing, f.name, "missing", lambda i, f=f: f"empty {f.name}", raw)
+            fail(conv.missing, f.name, "missing", _constant(f"empty {f.name}"), raw)
         out[f.name] = conv.values
-    _derive(schema, out, frame, rows, options, fail, plan)
+    _derive(schema, out, frame, rows, options, fail, plan, ok)
     clean = pd.DataFrame(out, index=frame.index) if out else pd.DataFrame(index=frame.index)
     for col, key in plan.attributes.items():
         clean[key] = attribute_values(frame[col])
     clean["_row"] = rows
     clean["_line"] = lines if lines is not None else rows
     return Validated(clean if ok.all() else clean[ok].reset_index(drop=True), rejects, plan)
+
+
+def _constant(message: str) -> Callable[[int], str]:
+    """The same reject message for every row."""
+    return lambda i: message
 
 
 def _convert(kind: str, raw: pd.Series, options: SourceOptions) -> Converted:
@@ -618,17 +653,25 @@ def _convert(kind: str, raw: pd.Series, options: SourceOptions) -> Converted:
 
 
 def _derive(schema: RecordSchema, out: dict, frame: pd.DataFrame, rows: np.ndarray, options: SourceOptions,
-            fail: Callable, plan: ColumnPlan) -> None:
-    """Fields with defaults: interaction event/order, judgement query_id/label."""
+            fail: Callable, plan: ColumnPlan, ok: np.ndarray) -> None:
+    """Fields with defaults: interaction event/order, judgement query_id/label (``ok``: rows not rejected yet)."""
     n = len(frame)
     if schema.kind == "interaction":
+        default = EVENT_ALIASES[options.default_event.lower()]
         if "event" not in plan.fields:
-            out["event"] = pd.Series([EVENT_ALIASES[options.default_event.lower()]] * n, index=frame.index, dtype=object)
+            out["event"] = pd.Series([default] * n, index=frame.index, dtype=object)
+        else:
+            events = out["event"]
+            empty = events.isna().to_numpy(dtype=bool) & ok  # rows with an unusable event are rejected already
+            if empty.any():
+                plan.warnings.append(f"rows with an empty event get the default event {options.default_event!r}")
+                out["event"] = events.where(~empty, default)
         if "order" not in plan.fields:
             if "timestamp" in plan.fields:
                 ts = out["timestamp"].to_numpy(dtype=float)
                 missing = np.isnan(ts)
-                fail(missing, "timestamp", "missing", lambda i: "empty timestamp (the order comes from it)", frame[plan.fields["timestamp"]])
+                fail(missing, "timestamp", "missing", lambda i: "empty timestamp (the order comes from it)",
+                     frame[plan.fields["timestamp"]])
                 order = pd.Series(pd.array([None] * n, dtype="Int64"), index=frame.index)
                 good = ~missing
                 if good.any():

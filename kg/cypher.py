@@ -203,16 +203,40 @@ def upsert_edges(rel: str) -> Statement:
     Missing endpoints are created with their key only (an edge is never dropped
     silently). The relationship is merged on the type's key properties
     (``order`` for interactions, so a repeated (user, product) pair with another
-    order is another edge), then every property is set from ``props``.
+    order is another edge), then every property is set from ``props``. For a
+    single-valued type (``MADE_BY``, ``IN_CATEGORY``) the source's edges to other
+    targets are deleted first; ``$rows`` must then hold one row per source.
     """
     rt = rel_type(rel)
     sl, sk, tl, tk = _endpoints(rt)
+    rel_name = ident(rt.name, "relationship type")
     key = ", ".join(f"{ident(k, 'key')}: row.key.{ident(k, 'key')}" for k in rt.key)
     key = f" {{{key}}}" if key else ""
+    # a single-valued type: first delete the source's edges to other targets (the rows carry
+    # one row per source, so no row of the batch deletes another row's new edge)
+    replace = (
+        f"WITH a, b, row OPTIONAL MATCH (a)-[old:{rel_name}]->(other:{tl}) WHERE other <> b "
+        "WITH a, b, row, collect(old) AS stale FOREACH (x IN stale | DELETE x) "
+        if rt.single else ""
+    )
     return Statement(
         f"upsert_edges:{rt.name}",
         f"UNWIND $rows AS row MERGE (a:{sl} {{{sk}: row.source}}) MERGE (b:{tl} {{{tk}: row.target}}) "
-        f"MERGE (a)-[r:{ident(rt.name, 'relationship type')}{key}]->(b) SET r += row.props",
+        f"{replace}MERGE (a)-[r:{rel_name}{key}]->(b) SET r += row.props",
+        ("rows",),
+    )
+
+
+def remove_edges(rel: str) -> Statement:
+    """A single-valued type: ``$rows`` ``[{source}]`` lose their edge of ``rel`` (e.g. a product's brand)."""
+    rt = rel_type(rel)
+    if not rt.single:
+        raise ValueError(f"{rt.name} is not single-valued: its edges are only ever added or updated")
+    sl, sk, tl, _ = _endpoints(rt)
+    return Statement(
+        f"remove_edges:{rt.name}",
+        f"UNWIND $rows AS row MATCH (a:{sl} {{{sk}: row.source}})-[old:{ident(rt.name, 'relationship type')}]->(:{tl}) "
+        "DELETE old",
         ("rows",),
     )
 
@@ -377,6 +401,8 @@ def all_statements(dialect: str = "neo4j", embedding_dim: int = 384) -> list[Sta
         out += [upsert_nodes(label), read_nodes(label), count_nodes(label)]
     for rel in REL_TYPES:
         out += [upsert_edges(rel), read_edges(rel), count_edges(rel)]
+        if REL_TYPES[rel].single:
+            out.append(remove_edges(rel))
     out += [
         vector_index("Product", "embedding", embedding_dim, dialect=dialect),
         drop_vector_index("Product", "embedding", dialect=dialect),

@@ -89,8 +89,8 @@ class GraphSnapshot:
         (``rev_*``), so information flows both ways.
         """
         data = HeteroData()
-        for node_type, ids in self.id_maps.items():
-            data[node_type].num_nodes = len(ids)
+        for kind, ids in self.id_maps.items():
+            data[kind].num_nodes = len(ids)
         edges = dict(self.structure)
         seen = self.visible(upto)
         edges[("user", "interacted", "product")] = torch.as_tensor(

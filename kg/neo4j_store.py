@@ -7,9 +7,13 @@ Connection settings come from the environment (see :meth:`Neo4jConfig.from_env`)
     KGREC_NEO4J_PASSWORD  its password                                (required; no default)
     KGREC_NEO4J_DATABASE  database name; unset = the server's default
     KGREC_NEO4J_DIALECT   "neo4j" (default) or "falkordb"
+    KGREC_NEO4J_AUTH      "basic" (default: user and password) or "none" for a server
+                          without authentication (user and password then unused)
 
 Writes are batched ``UNWIND $rows AS row MERGE ...`` statements (see
-:mod:`kgrec.kg.cypher`), each batch in a managed write transaction
+:mod:`kgrec.kg.cypher`; the ``falkordb`` dialect also cuts batches at
+:data:`FALKORDB_BATCH_BYTES` of parameters, which that server cannot take more of),
+each batch in a managed write transaction
 (``session.execute_write``), which the driver retries on transient errors; a
 batch is idempotent, so a retry is safe. Labels, relationship types and
 property keys come from :mod:`kgrec.kg.schema` only; values only travel as
@@ -23,6 +27,7 @@ and model output as ``(:User)-[:RECOMMENDED {score, rank, model_version}]->(:Pro
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -34,7 +39,7 @@ import pandas as pd
 
 from kgrec.kg import cypher
 from kgrec.kg.cypher import RECOMMENDATION_COLUMNS, RECOMMENDED, Statement
-from kgrec.kg.schema import NODE_TYPES, REL_TYPES, check_identifier, node_type, rel_type
+from kgrec.kg.schema import NODE_TYPES, REL_TYPES, check_identifier, node_type, register_relations, rel_type
 from kgrec.kg.store import GraphStore, edge_identity, validate_edge_frame, validate_node_frame
 
 ENV_URI = "KGREC_NEO4J_URI"
@@ -42,6 +47,10 @@ ENV_USER = "KGREC_NEO4J_USER"
 ENV_PASSWORD = "KGREC_NEO4J_PASSWORD"
 ENV_DATABASE = "KGREC_NEO4J_DATABASE"
 ENV_DIALECT = "KGREC_NEO4J_DIALECT"
+ENV_AUTH = "KGREC_NEO4J_AUTH"
+#: Most bytes of row parameters (as JSON) one batch sends to a ``falkordb`` server: its Bolt
+#: endpoint crashes on parameters of about 4 KB.
+FALKORDB_BATCH_BYTES = 3000
 
 
 class Neo4jConfigError(RuntimeError):
@@ -79,6 +88,9 @@ class Neo4jConfig:
             Neo4jConfigError: naming the first required variable that is unset or empty.
         """
         env = os.environ if environ is None else environ
+        auth = (env.get(ENV_AUTH) or "basic").strip().lower()
+        if auth not in ("basic", "none"):
+            raise Neo4jConfigError(f"{ENV_AUTH} must be 'basic' or 'none', got {env.get(ENV_AUTH)!r}")
 
         def required(name: str) -> str:
             value = env.get(name, "")
@@ -89,10 +101,11 @@ class Neo4jConfig:
                 )
             return value
 
+        uri = required(ENV_URI)
         return cls(
-            uri=required(ENV_URI),
-            user=required(ENV_USER),
-            password=required(ENV_PASSWORD),
+            uri=uri,
+            user=None if auth == "none" else required(ENV_USER),
+            password=None if auth == "none" else required(ENV_PASSWORD),
             database=env.get(ENV_DATABASE) or None,
             dialect=env.get(ENV_DIALECT) or "neo4j",
         )
@@ -156,10 +169,14 @@ class Neo4jStore(GraphStore):
         with self._session(write=True) as session:
             return session.execute_write(work)
 
+    @property
+    def _batch_bytes(self) -> int | None:
+        return FALKORDB_BATCH_BYTES if self.dialect == "falkordb" else None
+
     def _write_batches(self, statement: Statement, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         with self._session(write=True) as session:
-            for batch in _batches(rows, self.batch_size):
+            for batch in _batches(rows, self.batch_size, self._batch_bytes):
                 out += session.execute_write(lambda tx, b=batch: tx.run(statement.text, rows=b).data())
         return out
 
@@ -201,9 +218,16 @@ class Neo4jStore(GraphStore):
         return len(rows)
 
     def upsert_edges(self, rel: str, frame: pd.DataFrame) -> int:
-        frame = validate_edge_frame(rel, frame)
+        frame = validate_edge_frame(rel, frame)  # single-valued types: one row per source
+        written = len(frame)
         rt = rel_type(rel)
         statement = cypher.upsert_edges(rel)
+        if rt.single:
+            cleared = frame["target"].isna().to_numpy(dtype=bool)
+            if cleared.any():
+                self._ensure_schema_once()
+                self._write_batches(cypher.remove_edges(rel), [{"source": s} for s in frame.loc[cleared, "source"]])
+                frame = frame[~cleared]
         rows = []
         for r in _records(frame):
             source, target = r.pop("source"), r.pop("target")
@@ -213,7 +237,7 @@ class Neo4jStore(GraphStore):
             rows.append({"source": source, "target": target, "key": {k: r[k] for k in rt.key}, "props": r})
         self._ensure_schema_once()
         self._write_batches(statement, rows)
-        return len(rows)
+        return written
 
     def nodes(self, label: str) -> pd.DataFrame:
         key = node_type(label).key
@@ -229,9 +253,19 @@ class Neo4jStore(GraphStore):
         return _frame(rows, ident, sort=ident)
 
     def counts(self) -> dict[str, int]:
+        """Nodes per label, edges per static and data-defined relationship type (as the embedded store)."""
         out = {label: self._read(cypher.count_nodes(label))[0]["n"] for label in NODE_TYPES}
         out.update({rel: self._read(cypher.count_edges(rel))[0]["n"] for rel in REL_TYPES})
+        out.update({rel: self._read(cypher.count_edges(rel))[0]["n"] for rel in self.kg_relations()})
         return out
+
+    def kg_relations(self) -> list[str]:
+        """Data-defined relationship types of this database (its ``KgRelation`` nodes), registered."""
+        key = node_type("KgRelation").key
+        frame = self.nodes("KgRelation")
+        if not len(frame):
+            return []
+        return sorted(register_relations(frame[key].astype(str)))
 
     def close(self) -> None:
         if self._owns_driver and self._driver is not None:
@@ -303,9 +337,8 @@ class Neo4jStore(GraphStore):
 
     def drop_vector_index(self, label: str, property: str = "embedding") -> None:
         """Drop the vector index on ``label.property`` if there is one (the vectors stay)."""
-        if self.dialect == "falkordb":
-            if property not in self._falkordb_indexes().get(node_type(label).label, set()):
-                return
+        if self.dialect == "falkordb" and property not in self._falkordb_indexes().get(node_type(label).label, set()):
+            return
         self._write(cypher.drop_vector_index(label, property, self.dialect))
 
     def similar(self, label: str, vector: Sequence[float], k: int = 10, property: str = "embedding") -> pd.DataFrame:
@@ -348,7 +381,7 @@ class Neo4jStore(GraphStore):
             delete = cypher.delete_recommendations()
             for version, part in frame.groupby("model_version", sort=True):
                 users = sorted(part["user_id"].unique().tolist())
-                for batch in _batches(users, self.batch_size):
+                for batch in _batches(users, self.batch_size, self._batch_bytes):
                     self._write(delete, users=batch, model_version=version)
         rows = _records(frame)
         self._write_batches(cypher.write_recommendations(), rows)
@@ -363,9 +396,24 @@ class Neo4jStore(GraphStore):
         return edges[list(RECOMMENDATION_COLUMNS)].sort_values(["model_version", "user_id", "rank"], ignore_index=True)
 
 
-def _batches(rows: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+def _batches(rows: list[Any], size: int, max_bytes: int | None = None) -> Iterator[list[Any]]:
+    """Consecutive batches of at most ``size`` rows and, with ``max_bytes``, about that many
+    bytes of JSON (a row larger than that goes alone)."""
+    if max_bytes is None:
+        for start in range(0, len(rows), size):
+            yield rows[start : start + size]
+        return
+    batch: list[Any] = []
+    used = 0
+    for row in rows:
+        cost = len(json.dumps(row, default=str))
+        if batch and (len(batch) >= size or used + cost > max_bytes):
+            yield batch
+            batch, used = [], 0
+        batch.append(row)
+        used += cost
+    if batch:
+        yield batch
 
 
 def _plain(value: Any) -> Any:

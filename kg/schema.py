@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,11 @@ class RelType:
     unique: an interaction can repeat (a user buys the same product twice), so
     its position ``order`` is part of its identity; a structural edge such as
     ``IN_CATEGORY`` is unique per endpoint pair.
+
+    ``single``: a source node has at most one edge of this type (a product's brand,
+    its category). Writing an edge for a source replaces the source's edge to any
+    other target, and an edge frame row with an empty target removes the source's
+    edge (the product no longer has a brand).
     """
 
     name: str
@@ -44,6 +50,7 @@ class RelType:
     target: str
     key: tuple[str, ...] = ()
     interaction: bool = False
+    single: bool = False
 
 
 NODE_TYPES: dict[str, NodeType] = {
@@ -76,9 +83,9 @@ EVENT_TYPES: dict[str, str] = {
 REL_TYPES: dict[str, RelType] = {
     rt.name: rt
     for rt in (
-        RelType("IN_CATEGORY", "Product", "Category"),
+        RelType("IN_CATEGORY", "Product", "Category", single=True),
         RelType("SUBCATEGORY_OF", "Category", "Category"),
-        RelType("MADE_BY", "Product", "Brand"),
+        RelType("MADE_BY", "Product", "Brand", single=True),
         RelType("DESCRIBES", "Entity", "Product"),
         RelType("JUDGED", "Query", "Product"),
         *(
@@ -208,9 +215,9 @@ def register_relation(name: str) -> RelType:
     return rt
 
 
-def register_relations(names: object) -> list[str]:
+def register_relations(names: Iterable[object]) -> list[str]:
     """Register every name of an iterable (e.g. the ``rel_type`` column of ``KgRelation``)."""
-    return [register_relation(str(n)).name for n in names]  # type: ignore[union-attr]
+    return [register_relation(str(n)).name for n in names]
 
 
 def kg_relation_types() -> list[str]:

@@ -15,6 +15,8 @@ Neo4j store implement this contract and pass the same contract tests.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import pandas as pd
 
@@ -44,7 +46,15 @@ class GraphStore(ABC):
     def counts(self) -> dict[str, int]:
         """Number of nodes per label and edges per relationship type (zero when empty)."""
 
-    def close(self) -> None:  # pragma: no cover - nothing to release by default
+    def writing(self) -> AbstractContextManager[Any]:
+        """Hold the store for a block of writes (an ingest run), excluding other writers.
+
+        The default holds nothing: a database server keeps concurrent writers apart
+        itself. The embedded store takes its folder's writer lock (:mod:`kgrec.kg.embedded`).
+        """
+        return nullcontext(self)
+
+    def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
         """Release connections or file handles."""
 
     def __enter__(self) -> GraphStore:
@@ -78,16 +88,32 @@ def validate_node_frame(label: str, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_edge_frame(rel: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Check an edge frame against the schema; endpoints become strings."""
+    """Check an edge frame against the schema; endpoints become strings.
+
+    A single-valued type (:attr:`~kgrec.kg.schema.RelType.single`) keeps the last row
+    per source, and an empty target there (None) means "remove the source's edge".
+
+    Raises:
+        ValueError: a missing column, an empty source, or an empty target of a type
+            that is not single-valued.
+    """
     rt = rel_type(rel)
     missing = {"source", "target", *rt.key} - set(frame.columns)
     if missing:
         raise ValueError(f"{rel} frame lacks columns {sorted(missing)}")
     for column in frame.columns:
         check_identifier(str(column), f"{rel} property key")
+    if frame["source"].isna().any():
+        raise ValueError(f"{rel} frame has empty source values")
+    no_target = frame["target"].isna().to_numpy(dtype=bool)
+    if no_target.any() and not rt.single:
+        raise ValueError(f"{rel} frame has empty target values")
     out = frame.copy()
     out["source"] = out["source"].astype(str)
-    out["target"] = out["target"].astype(str)
+    target = out["target"].astype(str)
+    out["target"] = target.where(~no_target, None) if no_target.any() else target
+    if rt.single:
+        out = out.drop_duplicates("source", keep="last").reset_index(drop=True)
     return out
 
 

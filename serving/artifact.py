@@ -25,6 +25,11 @@ Layout (format version 1)::
 No pickle: tensors go through ``safetensors``, tables through Parquet, the rest is JSON.
 :func:`load_artifact` checks the format version, the config checksum, every file's
 sha256 and every tensor's shape, and raises :class:`ArtifactError` naming the file.
+Checksums only catch accidents: someone who edits a file and re-hashes it passes them,
+so the loader also keeps every path it reads inside the folder (no absolute path, no
+``..``, no link pointing out), refuses sizes in ``config.json`` that are negative or
+absurd (over :data:`MAX_SIZE`, node counts over :data:`MAX_NODES`) before it allocates
+anything, and refuses tensors holding NaN or infinite values.
 The interactions and the structure rebuild the message-passing graph exactly, so the
 loaded model also runs through the ordinary :class:`~kgrec.fusion.models.Recommender`
 contract (``score_all``); serving (:class:`kgrec.serving.api.Scorer`) reads the precomputed
@@ -34,12 +39,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -65,6 +72,11 @@ METRICS = "metrics.json"
 ID_TYPES = ("product", "user", "category", "brand")
 #: The split whose message-passing graph the serving state is computed on.
 SERVING_SPLIT = "test"
+#: Largest size a model's config or init may give (a dimension, a layer count, a history length).
+MAX_SIZE = 1 << 16
+#: Largest node count an artifact may declare.
+MAX_NODES = (1 << 31) - 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ArtifactError(ValueError):
@@ -127,7 +139,7 @@ def _product_table(snapshot: GraphSnapshot, titles: pd.DataFrame | None) -> pd.D
     n = len(ids)
     brand = [""] * n
     category = [""] * n
-    for (src_t, rel, dst_t), index in snapshot.structure.items():
+    for (src_t, _rel, dst_t), index in snapshot.structure.items():
         if src_t != "product":
             continue
         names = snapshot.id_maps[dst_t]
@@ -369,12 +381,90 @@ def _read_config(path: Path) -> dict:
                                   f"this kgrec knows {list(MODELS)}")
     if not isinstance(payload.get("serving", {}), dict):
         raise ArtifactError(file, "serving settings must be a JSON object")
+    _check_file_list(path, payload["files"])
+    _check_sizes(file, payload)
     return payload
+
+
+def _inside(path: Path, name: str) -> Path:
+    """``path / name`` for a plain relative name that stays inside the folder, else ArtifactError.
+
+    Refused: absolute names, ``..`` or ``.`` or empty parts, backslashes, and a file or
+    folder on the way that is a link resolving outside ``path``.
+    """
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or "\\" in name or PurePosixPath(name).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise ArtifactError(path / CONFIG, f"file name {name!r} is not a plain path inside the artifact folder")
+    file = path.joinpath(*parts)
+    try:
+        file.resolve().relative_to(path.resolve())
+    except ValueError:
+        raise ArtifactError(file, "resolves outside the artifact folder (a link?)") from None
+    return file
+
+
+def _check_file_list(path: Path, files: object) -> None:
+    if not isinstance(files, dict):
+        raise ArtifactError(path / CONFIG, "files must map file names to sha256 digests")
+    for name, digest in files.items():
+        _inside(path, name)
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise ArtifactError(path / CONFIG, f"files[{name!r}] is not a sha256 hex digest")
+
+
+def _size(value: object, what: str, file: Path, low: int = 1, high: int = MAX_SIZE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ArtifactError(file, f"{what} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _check_sizes(file: Path, payload: dict) -> None:
+    """Every size a model is built from, checked before anything is allocated."""
+    _size(payload["max_history"], "max_history", file)
+    model = payload["model"]
+    init, config = model.get("init"), model.get("config", {})
+    if not isinstance(init, dict) or not isinstance(config, dict):
+        raise ArtifactError(file, "model.init and model.config must be JSON objects")
+    for key in ("num_users", "num_products"):
+        _size(init.get(key), f"model.init.{key}", file, 0, MAX_NODES)
+    for key in ("text_dim", "query_dim"):
+        if init.get(key) is not None:
+            _size(init[key], f"model.init.{key}", file)
+    for key, high in (("num_nodes", MAX_NODES), ("node_feature_dims", MAX_SIZE)):
+        values = init.get(key, {})
+        if not isinstance(values, dict):
+            raise ArtifactError(file, f"model.init.{key} must be a JSON object")
+        for node_type, n in values.items():
+            _size(n, f"model.init.{key}.{node_type}", file, 0 if key == "num_nodes" else 1, high)
+    for key, value in config.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int):
+            _size(value, f"model.config.{key}", file, 0)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ArtifactError(file, f"model.config.{key} must be a finite number, got {value!r}")
+        else:
+            raise ArtifactError(file, f"model.config.{key} must be a number, a boolean or a string, got {type(value).__name__}")
+    shapes = payload["serving_keys"]
+    if not isinstance(shapes, dict):
+        raise ArtifactError(file, "serving_keys must be a JSON object")
+    for key, shape in shapes.items():
+        if not isinstance(shape, list):
+            raise ArtifactError(file, f"serving_keys.{key} must be a list of sizes")
+        for n in shape:
+            _size(n, f"serving_keys.{key}", file, 0, MAX_NODES)
+
+
+def _check_finite(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(file, f"tensor {key!r} holds NaN or infinite values")
 
 
 def _verify_files(path: Path, payload: dict) -> None:
     for name, digest in payload["files"].items():
-        file = path / name
+        file = _inside(path, name)
         if not file.is_file():
             raise ArtifactError(file, "missing")
         if _sha256(file) != digest:
@@ -430,6 +520,8 @@ def load_artifact(
     payload = _read_config(path)
     if verify:
         _verify_files(path, payload)
+    for name in (WEIGHTS, SERVING, PRODUCTS, CATEGORIES, STRUCTURE, INTERACTIONS, METRICS):
+        _inside(path, name)  # a required file that is a link pointing out is refused even without verify
     if expect_fingerprint is not None and payload["data"]["fingerprint"] != expect_fingerprint:
         raise ArtifactError(
             path / CONFIG,
@@ -442,12 +534,15 @@ def load_artifact(
         raise ArtifactError(path / CONFIG, f"data.node_types must list {list(ID_TYPES)}, got {node_types!r}")
     for t in node_types:
         check_identifier(str(t), "node type")
-        frame = _read_parquet(path / "ids" / f"{t}.parquet", ["id"])
+        frame = _read_parquet(_inside(path, f"ids/{t}.parquet"), ["id"])
         id_maps[t] = frame["id"].astype(str).tolist()
     init = payload["model"].get("init", {})
     for t, key in (("user", "num_users"), ("product", "num_products")):
         if init.get(key) != len(id_maps[t]):
             raise ArtifactError(path / "ids" / f"{t}.parquet", f"{len(id_maps[t])} ids, config.json says {init.get(key)}")
+    for t, n in init.get("num_nodes", {}).items():
+        if t in id_maps and n != len(id_maps[t]):
+            raise ArtifactError(path / "ids" / f"{t}.parquet", f"{len(id_maps[t])} ids, config.json says {n} {t} nodes")
     products = _read_parquet(path / PRODUCTS, ["product_id", "title", "text", "brand", "category"])
     if products["product_id"].astype(str).tolist() != id_maps["product"]:
         raise ArtifactError(path / PRODUCTS, "product ids differ from ids/product.parquet")
@@ -465,6 +560,7 @@ def load_artifact(
     except (TypeError, ValueError, KeyError) as exc:
         raise ArtifactError(path / CONFIG, f"cannot rebuild model {model_cfg['name']!r}: {exc}") from None
     weights = _read_tensors(path / WEIGHTS)
+    _check_finite(path / WEIGHTS, weights)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -472,10 +568,12 @@ def load_artifact(
         raise ArtifactError(path / WEIGHTS, f"tensors do not fit {model_cfg['name']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for key, tensor in expected.items():
         if tuple(weights[key].shape) != tuple(tensor.shape):
-            raise ArtifactError(path / WEIGHTS, f"tensor {key!r} has shape {tuple(weights[key].shape)}, the model expects {tuple(tensor.shape)}")
+            raise ArtifactError(path / WEIGHTS,
+                                f"tensor {key!r} has shape {tuple(weights[key].shape)}, the model expects {tuple(tensor.shape)}")
     model.load_state_dict(weights)
 
     state = _read_tensors(path / SERVING)
+    _check_finite(path / SERVING, state)
     shapes = payload["serving_keys"]
     if sorted(state) != sorted(shapes) or "products" not in state:
         raise ArtifactError(path / SERVING, f"holds {sorted(state)}, config.json lists {sorted(shapes)}")

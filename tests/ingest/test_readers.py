@@ -77,3 +77,58 @@ def test_truncated_gzip_is_a_file_error_not_a_crash(tmp_path):
         [Source("interaction", path=path)])
     f = report.files[0]
     assert f.error and "reading stopped after row" in f.error and f.read == f.loaded + f.rejected
+
+
+BIG = "x" * (140 * 1024)  # over csv's default field size limit of 128 KiB
+
+
+@pytest.mark.parametrize("chunk", [1, 4096, 1 << 20])
+@pytest.mark.parametrize(
+    ("body", "titles"),
+    [
+        (f'1,"{BIG}"\n2,ok\n', [BIG, "ok"]),
+        (f'1,"{BIG}\n{BIG}"\n2,ok\n', [f"{BIG}\n{BIG}", "ok"]),
+        (f'1,"a ""{BIG}"""\n2,ok\n', [f'a "{BIG}"', "ok"]),
+    ],
+    ids=["one-line", "two-lines", "escaped-quotes"],
+)
+def test_a_quoted_field_over_128_kib_is_one_record(tmp_path, body, titles, chunk):
+    path = tmp_path / "products.csv"
+    path.write_text("product_id,title\n" + body)
+    frame, rejects = read_all(CsvReader(path, chunk_bytes=chunk))
+    assert rejects == []
+    assert frame["product_id"].tolist() == ["1", "2"] and frame["title"].tolist() == titles
+    assert frame["_row"].tolist() == [1, 2]
+    store = EmbeddedStore(tmp_path / "store")
+    report = Ingestor(store, IngestConfig(chunk_bytes=chunk)).run([Source("product", path=path)])
+    assert (report.read, report.loaded, report.rejected) == (2, 2, 0)
+    assert store.nodes("Product").set_index("product_id")["title"].str.len().to_dict() == {"1": len(titles[0]), "2": 2}
+
+
+STRAY = [
+    # (csv body after the header, loaded (id, row, line), rejects (row, line, reason))
+    ('1,"abc\n2,fine\n3,fine\n4,x"y\n5,ok\n',
+     [("2", 2, 3), ("3", 3, 4), ("4", 4, 5), ("5", 5, 6)], [(1, 2, "malformed")]),
+    ('1,"abc\n2,fine\n3,"quoted ok"\n4,fine\n',
+     [("2", 2, 3), ("3", 3, 4), ("4", 4, 5)], [(1, 2, "malformed")]),
+    ('1,"abc\n2,fine\n3,"def\n4,fine\n5,ok\n',
+     [("2", 2, 3), ("4", 4, 5), ("5", 5, 6)], [(1, 2, "malformed"), (3, 4, "malformed")]),
+    ('1,ok\n2,"ab"c\n3,fine\n',
+     [("1", 1, 2), ("3", 3, 4)], [(2, 3, "malformed")]),
+    ('1,"abc\n2,fine\n3,fine\n',
+     [("2", 2, 3), ("3", 3, 4)], [(1, 2, "malformed")]),
+    ('1,"two\nlines"x\n2,fine\n',  # a two-line record broken after its closing quote: its lines are read apart
+     [("2", 3, 4)], [(1, 2, "malformed"), (2, 3, "field_count")]),
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 9, 1 << 20])
+@pytest.mark.parametrize(("body", "loaded", "rejected"), STRAY, ids=[f"case{i}" for i in range(len(STRAY))])
+def test_a_stray_quote_rejects_its_own_row_only(tmp_path, body, loaded, rejected, chunk):
+    path = tmp_path / "users.csv"
+    path.write_text("user_id,name\n" + body)
+    frame, rejects = read_all(CsvReader(path, chunk_bytes=chunk))
+    assert list(zip(frame["user_id"], frame["_row"], frame["_line"])) == loaded
+    assert rejects == rejected
+    report = Ingestor(EmbeddedStore(tmp_path / "store"), IngestConfig(chunk_bytes=chunk)).run([Source("user", path=path)])
+    assert (report.read, report.loaded, report.rejected) == (len(loaded) + len(rejected), len(loaded), len(rejected))

@@ -1,8 +1,6 @@
 """RecBole atomic files with a knowledge graph: ingest -> export -> typed edges -> train + evaluate."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

@@ -182,3 +182,68 @@ def test_upsert_keeps_properties_absent_from_the_frame(store):
     store.upsert_edges("PURCHASED", pd.DataFrame({"source": ["u1"], "target": ["p1"], "order": [0], "channel": ["web"]}))
     (edge,) = records(store.edges("PURCHASED"), ["order"])
     assert edge["quantity"] == 2 and edge["channel"] == "web"
+
+
+BRANDS = pd.DataFrame({"brand_id": ["b1", "b2"], "name": ["Acme", "Bolt"]})
+
+
+@pytest.mark.parametrize("rel", ["MADE_BY", "IN_CATEGORY"])
+def test_a_single_valued_relation_is_replaced_not_added(store, rel):
+    load_catalogue(store)
+    store.upsert_nodes("Brand", BRANDS)
+    one, other = ("b1", "b2") if rel == "MADE_BY" else ("Home > Kitchen", "Home")
+    if rel == "MADE_BY":
+        assert store.upsert_edges(rel, pd.DataFrame({"source": ["p1", "p2", "p3"], "target": [one] * 3})) == 3
+    # p1 moves, p2 is written again unchanged (with a property), p3 is not mentioned
+    store.upsert_edges(rel, pd.DataFrame({"source": ["p1", "p2"], "target": [other, one], "since": [2024, 2023]}))
+    assert records(store.edges(rel), ["source"]) == [
+        {"source": "p1", "target": other, "since": 2024},
+        {"source": "p2", "target": one, "since": 2023},
+        {"source": "p3", "target": one, "since": None},
+    ]
+    # the last row of a source wins within one frame too; an empty target removes the source's edge
+    store.upsert_edges(rel, pd.DataFrame({"source": ["p3", "p3", "p2"], "target": [other, one, None]}))
+    assert [(e["source"], e["target"]) for e in records(store.edges(rel), ["source"])] == [("p1", other), ("p3", one)]
+    assert store.counts()[rel] == 2
+    assert store.counts()["Product"] == 3 and store.counts()["PURCHASED"] == 4
+
+
+def test_an_empty_target_is_refused_where_a_relation_is_not_single_valued(store):
+    load_catalogue(store)
+    with pytest.raises(ValueError, match="empty target"):
+        store.upsert_edges("SUBCATEGORY_OF", pd.DataFrame({"source": ["Home > Kitchen"], "target": [None]}))
+    with pytest.raises(ValueError, match="empty source"):
+        store.upsert_edges("MADE_BY", pd.DataFrame({"source": [None], "target": ["b1"]}))
+    assert store.counts() == EXPECTED_COUNTS
+
+
+def test_updating_a_products_brand_and_category_path_through_ingest(store, tmp_path):
+    """Re-ingesting a product with another brand / category path (or none) moves its edges; the export follows."""
+    from kgrec.ingest.pipeline import IngestConfig, Ingestor, Source
+    from kgrec.kg.export import export_snapshot
+
+    def ingest(name, rows):
+        path = tmp_path / name
+        path.write_text("product_id,title,brand,category_path\n" + "".join(f"{','.join(r)}\n" for r in rows))
+        report = Ingestor(store, IngestConfig()).run([
+            Source("product", path=path),
+            Source("interaction", frame=pd.DataFrame({"user_id": ["u1", "u1", "u2"], "product_id": ["p1", "p2", "p3"],
+                                                      "order": [0, 1, 0]})),
+        ])
+        assert report.rejected == 0
+
+    ingest("v1.csv", [("p1", "Mug", "Acme", "Home > Kitchen"), ("p2", "Kettle", "Acme", "Home > Kitchen"),
+                      ("p3", "Pot", "Bolt", "Home")])
+    ingest("v2.csv", [("p1", "Mug", "Bolt", "Home > Dining"), ("p2", "Kettle", "", "")])
+    made_by = [(e["source"], e["target"]) for e in records(store.edges("MADE_BY"), ["source"])]
+    in_category = [(e["source"], e["target"]) for e in records(store.edges("IN_CATEGORY"), ["source"])]
+    assert made_by == [("p1", "Bolt"), ("p3", "Bolt")]
+    assert in_category == [("p1", "Home > Dining"), ("p3", "Home")]
+    assert store.counts()["Brand"] == 2 and store.counts()["Category"] == 3
+
+    snapshot = export_snapshot(store)
+    brand_edges = snapshot.structure[("product", "made_by", "brand")].T.tolist()
+    products, brands = snapshot.id_maps["product"], snapshot.id_maps["brand"]
+    assert sorted((products[p], brands[b]) for p, b in brand_edges) == [("p1", "Bolt"), ("p3", "Bolt")]
+    category_edges = snapshot.structure[("product", "in_category", "category")].T.tolist()
+    assert sorted(products[p] for p, _ in category_edges) == ["p1", "p3"]

@@ -186,3 +186,76 @@ def test_round_trip_with_the_users_own_graph_vector(tiny_snapshot, text_features
     known, visitor = scorer.recommend([users[0], "visitor"], k=24, session={"visitor": history})
     assert visitor.source == "session" and {p for p, _ in known} == {p for p, _ in visitor}
     assert [s for _, s in known] != pytest.approx([s for _, s in visitor], abs=1e-4)  # the GNN user vector counts
+
+
+def _rehash(path):
+    """Re-hash every listed file into config.json, as someone editing an artifact would."""
+    _rewrite_config(path, lambda c: c["files"].update({f: _sha256(path / f) for f in c["files"] if (path / f).is_file()}))
+
+
+def _edit_tensor(file, key_prefix, value):
+    from safetensors.torch import load_file, save_file
+
+    def edit(path):
+        tensors = load_file(str(path / file))
+        key = next(k for k in sorted(tensors) if k.startswith(key_prefix) and tensors[k].is_floating_point())
+        tensors[key].view(-1)[0] = value
+        save_file(tensors, str(path / file))
+        _rehash(path)
+    return edit
+
+
+def _outside_entry(name):
+    def edit(path):
+        target = path / name
+        digest = _sha256(target) if target.is_file() else "0" * 64
+        _rewrite_config(path, lambda c: c["files"].__setitem__(name, digest))
+    return edit
+
+
+def _link_out(path):
+    outside = path.parent / "outside.json"
+    outside.write_text('{"secret": 1}')
+    (path / "metrics.json").unlink()
+    (path / "metrics.json").symlink_to(outside)
+    _rehash(path)
+
+
+def _config(edit):
+    return lambda path: _rewrite_config(path, edit)
+
+
+#: Edits that keep every checksum valid (config.json re-hashed), each with the file the error must
+#: name and a word of its reason. Each loaded before the loader checked paths, sizes and values.
+HOSTILE = {
+    "files entry climbing out": (_outside_entry("../../../etc/hostname"), CONFIG, "not a plain path"),
+    "absolute files entry": (_outside_entry("/etc/hostname"), CONFIG, "not a plain path"),
+    "files entry with a dot part": (_outside_entry("ids/./user.parquet"), CONFIG, "not a plain path"),
+    "metrics linked outside": (_link_out, "metrics.json", "outside the artifact folder"),
+    "negative graph dim": (_config(lambda c: c["model"]["config"].update(graph_dim=-8)), CONFIG, "graph_dim"),
+    "absurd graph dim": (_config(lambda c: c["model"]["config"].update(graph_dim=10**9)), CONFIG, "graph_dim"),
+    "absurd text dim": (_config(lambda c: c["model"]["init"].update(text_dim=10**12)), CONFIG, "text_dim"),
+    "negative node count": (_config(lambda c: c["model"]["init"]["num_nodes"].update(brand=-1)), CONFIG, "num_nodes.brand"),
+    "absurd node count": (_config(lambda c: c["model"]["init"]["num_nodes"].update(entity=10**12)), CONFIG, "num_nodes.entity"),
+    "node count off the ids": (_config(lambda c: c["model"]["init"]["num_nodes"].update(brand=50)), "brand.parquet", "50"),
+    "negative history": (_config(lambda c: c.update(max_history=-1)), CONFIG, "max_history"),
+    "nan temperature": (_config(lambda c: c["model"]["config"].update(temperature=float("nan"))), CONFIG, "temperature"),
+    "negative serving shape": (_config(lambda c: c["serving_keys"].update(products=[-24, 8])), CONFIG, "serving_keys"),
+    "nan weight": (_edit_tensor("model.safetensors", "", float("nan")), "model.safetensors", "NaN"),
+    "inf weight": (_edit_tensor("model.safetensors", "", float("inf")), "model.safetensors", "NaN or infinite"),
+    "nan serving vector": (_edit_tensor("serving.safetensors", "products", float("nan")), "serving.safetensors", "NaN"),
+}
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_edited_and_rehashed_artifacts_are_refused(case, verify, fused_artifact, tmp_path):
+    _, path = fused_artifact
+    broken = tmp_path / "art" / "fused"
+    shutil.copytree(path, broken)
+    edit, file, reason = HOSTILE[case]
+    edit(broken)
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(broken, verify=verify)
+    assert info.value.file.endswith(file) and reason in str(info.value), str(info.value)
+    assert str(broken) in info.value.file
