@@ -27,9 +27,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input or the environment is wrong", not "kgrec has a bug"."""
     import neo4j.exceptions
 
+    from kgrec.kg.files import StoreLockedError
     from kgrec.kg.neo4j_store import Neo4jConfigError
 
-    return (ValueError, OSError, UnicodeError, LookupError, Neo4jConfigError, neo4j.exceptions.ServiceUnavailable,
+    return (ValueError, OSError, UnicodeError, LookupError, Neo4jConfigError, StoreLockedError, neo4j.exceptions.ServiceUnavailable,
             neo4j.exceptions.AuthError, neo4j.exceptions.ClientError)
 
 

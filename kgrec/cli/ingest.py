@@ -111,6 +111,8 @@ def ingest(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an interrupted identical run."),
     chunk_mb: float = typer.Option(16.0, "--chunk-mb", help="Block size for CSV/JSONL files, in MiB."),
     flush_rows: int | None = typer.Option(None, "--flush-rows", min=1, help="Input rows between store writes."),
+    lock_timeout: float = typer.Option(60.0, "--lock-timeout", min=0.0,
+                                       help="Seconds to wait while another process writes the same store."),
     allow_rejects: bool = typer.Option(False, "--allow-rejects", help="Exit 0 even if rows were rejected."),
     show_rejects: int = typer.Option(10, "--show-rejects", min=0, help="Print this many rejected rows."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
@@ -118,7 +120,8 @@ def ingest(
     """Load files into the knowledge graph: every row is loaded or reported (file, row, field, reason)."""
     options = IngestOptions(config=config, maps=list(map_), kinds=_pairs(list(kind), "--kind"),
                             dangling=_pairs(list(dangling), "--dangling"), duplicates=duplicates, link_by_id=link_by_id,
-                            state_dir=state_dir, resume=resume, chunk_mb=chunk_mb, flush_rows=flush_rows)
+                            state_dir=state_dir, resume=resume, chunk_mb=chunk_mb, flush_rows=flush_rows,
+                            lock_timeout=lock_timeout)
     bars = ProgressBars(show_progress(progress))
     with bars.progress:
         outcome = ingest_files(list(paths or [DEMO_DATA]), store, options, bars)

@@ -31,6 +31,7 @@ class IngestOptions:
         resume: resume an interrupted identical run (default True).
         chunk_mb: block size for CSV/JSONL files in MiB (default 16).
         flush_rows: input rows between store writes; None = the default.
+        lock_timeout: seconds to wait for another writer of the same embedded store (None = forever).
     """
 
     config: Path | None = None
@@ -43,6 +44,7 @@ class IngestOptions:
     resume: bool = True
     chunk_mb: float = 16.0
     flush_rows: int | None = None
+    lock_timeout: float | None = 60.0
 
 
 @dataclass
@@ -96,7 +98,7 @@ def ingest_files(
         config = IngestConfig(state_dir=state_dir, resume=options.resume, **settings)
     except (ValueError, TypeError) as exc:
         raise WorkflowError(f"ingest settings: {exc}") from None
-    store = open_store(store_spec, create=True)
+    store = open_store(store_spec, create=True, lock_timeout=options.lock_timeout)
     try:
         report = Ingestor(store, config, progress).run(found.sources)
     finally:

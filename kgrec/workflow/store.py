@@ -22,12 +22,14 @@ def is_neo4j(spec: str | os.PathLike[str]) -> bool:
     return str(spec) == NEO4J
 
 
-def open_store(spec: str | os.PathLike[str], *, create: bool = False) -> GraphStore:
+def open_store(spec: str | os.PathLike[str], *, create: bool = False, lock_timeout: float | None = 60.0) -> GraphStore:
     """The store named by ``spec``: ``"neo4j"`` or an embedded store folder.
 
     Args:
         create: make the folder of an embedded store when it does not exist (ingest); otherwise
             a folder that holds no store raises :class:`WorkflowError`.
+        lock_timeout: seconds a writer waits for another process's writer lock on an embedded
+            store (None = wait forever; see docs/ingest.md).
 
     Raises:
         WorkflowError: a path that is a file, a folder that is not a store (and ``create`` is
@@ -56,7 +58,7 @@ def open_store(spec: str | os.PathLike[str], *, create: bool = False) -> GraphSt
     if not create and not (path / "nodes").is_dir():
         raise WorkflowError(f"{path}: no knowledge-graph store here (fill one with `kgrec ingest FILES --store {path}`)")
     try:
-        return EmbeddedStore(path)
+        return EmbeddedStore(path, lock_timeout=lock_timeout)
     except OSError as exc:
         raise WorkflowError(f"{path}: cannot open the store ({exc.strerror or exc})") from None
 
