@@ -20,11 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch_geometric.data import HeteroData
 
+if TYPE_CHECKING:
+    from torch_geometric.sampler import NeighborSampler as PyGNeighborSampler
+
 EdgeType = tuple[str, str, str]
+
+
+def _edge_type(key: Sequence[str]) -> EdgeType:
+    """``key`` (an edge type as a tuple, or a list as read from JSON) as an :data:`EdgeType` tuple."""
+    src, rel, dst = key
+    return (src, rel, dst)
 
 
 class CSRGraph:
@@ -52,7 +62,7 @@ class CSRGraph:
         self.col: dict[EdgeType, torch.Tensor] = {}
         self.perm: dict[EdgeType, torch.Tensor] = {}
         for key, index in edge_index_dict.items():
-            edge_type = tuple(key)
+            edge_type = _edge_type(key)
             src_t, _, dst_t = edge_type
             for t in (src_t, dst_t):
                 if t not in self.num_nodes:
@@ -87,13 +97,14 @@ class CSRGraph:
 
     def degree(self, edge_type: EdgeType, nodes: torch.Tensor) -> torch.Tensor:
         """``[N]`` in-degree of destination ``nodes`` under ``edge_type``."""
-        rowptr = self.rowptr[tuple(edge_type)]
+        rowptr = self.rowptr[_edge_type(edge_type)]
         return rowptr[nodes + 1] - rowptr[nodes]
 
     def in_neighbours(self, edge_type: EdgeType, node: int) -> torch.Tensor:
         """Source ids of the in-edges of one destination ``node`` (with multiplicity)."""
-        rowptr = self.rowptr[tuple(edge_type)]
-        return self.col[tuple(edge_type)][rowptr[node] : rowptr[node + 1]]
+        key = _edge_type(edge_type)
+        rowptr = self.rowptr[key]
+        return self.col[key][rowptr[node] : rowptr[node + 1]]
 
 
 @dataclass
@@ -191,7 +202,7 @@ class NeighborSampler:
         if seed is not None:
             self.generator = torch.Generator(device=self.csr.device)
             self.generator.manual_seed(seed)
-        self._pyg = None
+        self._pyg: PyGNeighborSampler | None = None
         if self.backend == "pyg":
             from torch_geometric.sampler import NeighborSampler as PyGNeighborSampler
 
@@ -242,7 +253,7 @@ class NeighborSampler:
             local[t][n_id[t][0]] = torch.arange(count[t], device=device)
         frontier = {t: n_id[t][0] for t in self.node_types}
         drop = {
-            tuple(e): self._edge_keys(tuple(e), v.to(device))
+            _edge_type(e): self._edge_keys(_edge_type(e), v.to(device))
             for e, v in (exclude or {}).items()
             if tuple(e) in self.csr.col
         }
@@ -341,6 +352,7 @@ class NeighborSampler:
         seed_dict = {t: v.cpu() for t, v in seeds.items() if v.numel()}
         if not seed_dict:
             return _empty_subgraph(self.node_types, self.edge_types)
+        assert self._pyg is not None  # set in __init__ whenever backend == "pyg"
         out = self._pyg._sample(seed_dict)  # HeteroSamplerOutput (row = source, col = destination)
         empty = torch.empty(0, dtype=torch.long)
         n_id = {t: out.node.get(t, empty).long() for t in self.node_types}

@@ -39,6 +39,7 @@ torch.Size([2, 384])
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -161,10 +162,8 @@ def _model_fingerprint(model_dir: Path, max_length: int, pooling: str, normalize
     h = hashlib.sha256()
     h.update(_ENCODER_VERSION.encode())
     cfg_text = (model_dir / "config.json").read_text(encoding="utf-8")
-    try:  # canonical JSON: insensitive to key order / whitespace
+    with contextlib.suppress(ValueError):  # canonical JSON: insensitive to key order / whitespace
         cfg_text = json.dumps(json.loads(cfg_text), sort_keys=True, separators=(",", ":"))
-    except ValueError:
-        pass
     h.update(b"\0config\0" + cfg_text.encode("utf-8"))
     for p in sorted(model_dir.iterdir()):
         if not p.is_file():

@@ -70,12 +70,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from kgrec.encoders.text import EmbeddingCache, TextEncoder, _check_texts, encode_unique
+
+if TYPE_CHECKING:  # imported lazily at run time (heavy)
+    from peft import PeftConfig, PeftModel
+    from transformers import PreTrainedModel
 
 __all__ = ["TUNING_MODES", "TextTuningConfig", "TunedTextEncoder"]
 
@@ -247,7 +251,7 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes()
 
 
-def _peft_config(config: TextTuningConfig, bert: torch.nn.Module):
+def _peft_config(config: TextTuningConfig, bert: PreTrainedModel) -> PeftConfig:
     """The peft config of a ``lora``/``ia3``/``prompt`` mode for a bare BERT feature extractor."""
     from peft import IA3Config, LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
@@ -256,7 +260,8 @@ def _peft_config(config: TextTuningConfig, bert: torch.nn.Module):
         return LoraConfig(
             task_type=task,
             r=config.lora_r,
-            lora_alpha=config.lora_alpha,
+            # peft annotates lora_alpha as int but only divides by it: a float alpha is honoured
+            lora_alpha=config.lora_alpha,  # type: ignore[arg-type]
             lora_dropout=float(config.lora_dropout),
             target_modules=list(config.target_modules or _LORA_TARGETS),
             bias="none",
@@ -342,7 +347,7 @@ class TunedTextEncoder(torch.nn.Module):
             for name, p in model.named_parameters():
                 # the pooler head is never used by mean/[CLS] pooling of last_hidden_state
                 p.requires_grad_(config.mode == "full" and not name.startswith("pooler."))
-        self.model = model
+        self.model: PeftModel | PreTrainedModel = model
         self._fp_memo: tuple[tuple, str] | None = None
         self.train()
 
@@ -368,11 +373,15 @@ class TunedTextEncoder(torch.nn.Module):
         return next(self.model.parameters()).device
 
     @property
-    def bert(self) -> torch.nn.Module:
+    def bert(self) -> PreTrainedModel:
         """The underlying (possibly peft-modified) ``BertModel``."""
-        if self.config.mode in _PEFT_MODES:
-            return self.model.get_base_model()
-        return self.model
+        from transformers import PreTrainedModel
+
+        if isinstance(self.model, PreTrainedModel):  # frozen / full: the BERT itself
+            return self.model
+        base = self.model.get_base_model()  # peft modes: the BERT the PeftModel wraps
+        assert isinstance(base, PreTrainedModel)
+        return base
 
     @property
     def num_virtual_tokens(self) -> int:
