@@ -252,11 +252,11 @@ def evaluate_sampled(
     generator = torch.Generator().manual_seed(seed)
     negatives = sample_negatives(exclude, num_negatives, generator)
     candidates = torch.cat([batch.targets.unsqueeze(1), negatives], dim=1)
-    scores = []
+    chunks: list[torch.Tensor] = []
     for start in range(0, len(batch), batch_size):
         part = batch[slice(start, start + batch_size)].to(model.device)
-        scores.append(model.score(part, candidates[start : start + batch_size].to(model.device)).float().cpu())
-    scores = torch.cat(scores) if scores else torch.empty(0, 1 + num_negatives)
+        chunks.append(model.score(part, candidates[start : start + batch_size].to(model.device)).float().cpu())
+    scores = torch.cat(chunks) if chunks else torch.empty(0, 1 + num_negatives)
     target, neg = scores[:, :1], scores[:, 1:]
     greater = (neg > target).sum(1)
     equal = (neg == target).sum(1)

@@ -102,7 +102,7 @@ def evaluate(
 # --- Detailed evaluation for the report (added; everything above is unchanged) --------------
 
 
-@dataclass
+@dataclass(kw_only=True)  # keyword-only: its fields follow EvalResult's, which have no defaults
 class DetailedEvalResult(EvalResult):
     """:class:`EvalResult` plus what the evaluation report needs.
 
@@ -116,12 +116,12 @@ class DetailedEvalResult(EvalResult):
         aggregate: metrics that are not means over examples (``coverage@k``, ``gauc``).
     """
 
-    position: torch.Tensor = field(repr=False, default=None)
-    rank: torch.Tensor = field(repr=False, default=None)
-    num_candidates: torch.Tensor = field(repr=False, default=None)
-    history_length: torch.Tensor = field(repr=False, default=None)
-    target_popularity: torch.Tensor = field(repr=False, default=None)
-    target_seen: torch.Tensor = field(repr=False, default=None)
+    position: torch.Tensor = field(repr=False)
+    rank: torch.Tensor = field(repr=False)
+    num_candidates: torch.Tensor = field(repr=False)
+    history_length: torch.Tensor = field(repr=False)
+    target_popularity: torch.Tensor = field(repr=False)
+    target_seen: torch.Tensor = field(repr=False)
     aggregate: dict[str, float] = field(default_factory=dict)
 
 

@@ -543,6 +543,7 @@ def _recommendation_sections(doc: Document, payload: dict, frame: pd.DataFrame |
 
     # ---- figures
     if have_users:
+        assert frame is not None  # have_users implies a frame
         full = frame[frame["protocol"] == "full"]
         depth = int(min(CURVE_DEPTH, full["num_candidates"].min()))
         positions = {m: full.loc[full["model"] == m, "position"].to_numpy() for m in models}
@@ -555,6 +556,7 @@ def _recommendation_sections(doc: Document, payload: dict, frame: pd.DataFrame |
             doc.heading("Training curves")
             doc.figure(path, "Training loss and validation NDCG@10 per epoch; the starred epoch's weights are the ones tested")
     if have_users:
+        assert frame is not None  # have_users implies a frame
         for column, edges, title, xlabel, name in (
             ("history_length", HISTORY_EDGES, "NDCG@10 by the user's history length", "products in the visible history", "by_history"),
             ("target_popularity", POPULARITY_EDGES, "NDCG@10 by the target product's popularity (cold to warm)",

@@ -18,15 +18,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-try:  # torch tensors are accepted but not required
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+import torch
 
 
 def _as_array(values) -> np.ndarray:
-    if torch is not None and isinstance(values, torch.Tensor):
+    if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=np.float64)
 
