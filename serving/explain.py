@@ -224,7 +224,9 @@ def find_paths(
                     _cypher("co_purchase", rel), {**common, "limit": 25},
                 ))
     out.sort(key=lambda p: (-p.score, PATH_KINDS.index(p.kind), p.via))
-    first, rest, vias = [], [], set()
+    first: list[KGPath] = []
+    rest: list[KGPath] = []
+    vias: set[str] = set()
     for path in out:  # the best path of each history product first, then the others
         (rest if path.via in vias else first).append(path)
         vias.add(path.via)

@@ -29,9 +29,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import faiss
 
 KINDS = ("exact", "ivf", "hnsw")
 INDEX_FILE = "index.faiss"
@@ -123,7 +127,7 @@ class ProductIndex:
     def __init__(self, config: IndexConfig | str = "exact", **options) -> None:
         base = IndexConfig(kind=config) if isinstance(config, str) else config
         self.config = IndexConfig(**{**asdict(base), **options})
-        self.index = None
+        self.index: faiss.Index | None = None
         self.num_products = 0
         self.dim = 0
         self.nlist: int | None = None
@@ -140,25 +144,28 @@ class ProductIndex:
         self._threads()
         P, d = x.shape
         self.num_products, self.dim = P, d
+        index: faiss.Index
         if cfg.kind == "exact":
             index = faiss.IndexFlatIP(d)
         elif cfg.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = cfg.ef_construction
-            index.hnsw.efSearch = cfg.ef_search
+            graph = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = cfg.ef_construction
+            graph.hnsw.efSearch = cfg.ef_search
+            index = graph
         else:
             nlist = cfg.nlist if cfg.nlist is not None else int(np.clip(round(4 * math.sqrt(P)), 1, max(1, P // 39)))
             if nlist > P:
                 raise RetrievalError(f"IndexConfig.nlist ({nlist}) exceeds the number of products ({P})")
             self.nlist = nlist
             quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = cfg.seed
+            ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.seed = cfg.seed
             n_train = min(P, cfg.train_size if cfg.train_size is not None else 40 * nlist)
             sample = x if n_train >= P else x[np.sort(np.random.default_rng(cfg.seed).choice(P, n_train, replace=False))]
-            index.train(sample)
-            index.nprobe = min(cfg.nprobe, nlist)
+            ivf.train(sample)
+            ivf.nprobe = min(cfg.nprobe, nlist)
             self._quantizer = quantizer  # the IVF index borrows it
+            index = ivf
         index.add(x)
         self.index = index
         return self
@@ -224,14 +231,19 @@ class ProductIndex:
         import faiss
 
         index = self.index
+        assert index is not None  # search() refuses an index that was never built or loaded
         if self.config.kind == "hnsw":
+            assert isinstance(index, faiss.IndexHNSW)  # build() and load() make it one for kind "hnsw"
             if exact:
                 return faiss.downcast_index(index.storage).search(q, depth)
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, depth))
+            # faiss's stubs lack SearchParametersHNSW, which the compiled module has
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, depth))  # type: ignore[attr-defined]
             return index.search(q, depth, params=params)
         if self.config.kind == "ivf":
-            nprobe = self.nlist if exact else min(self.config.nprobe, self.nlist)
-            return index.search(q, depth, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            assert self.nlist is not None  # build() and load() set it for kind "ivf"
+            ivf_params = faiss.SearchParametersIVF()
+            ivf_params.nprobe = self.nlist if exact else min(self.config.nprobe, self.nlist)
+            return index.search(q, depth, params=ivf_params)
         return index.search(q, depth)
 
     def _threads(self) -> None:
@@ -293,6 +305,8 @@ class ProductIndex:
                               f"{meta['num_products']} x {meta['dim']}")
         out.index, out.num_products, out.dim, out.nlist = index, meta["num_products"], meta["dim"], meta["nlist"]
         if out.config.kind == "hnsw":
+            if not isinstance(index, faiss.IndexHNSW):
+                raise RetrievalError(f"{directory}: {META_FILE} says kind 'hnsw', {INDEX_FILE} holds a {type(index).__name__}")
             index.hnsw.efSearch = out.config.ef_search
         return out
 

@@ -247,7 +247,8 @@ def _text_features(artifact, snapshot: GraphSnapshot, text_model, cache_dir) -> 
         config["model_path"] = str(text_model)
     encoder = TextEncoder(TextEncoderConfig(**config))
     if encoder.fingerprint != info["fingerprint"]:
-        raise ArtifactError(encoder.model_path, f"text encoder fingerprint {encoder.fingerprint} differs from the artifact's {info['fingerprint']}")
+        raise ArtifactError(encoder.model_path, f"text encoder fingerprint {encoder.fingerprint} "
+                                                f"differs from the artifact's {info['fingerprint']}")
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
     return encoder.encode(snapshot.product_text, cache=cache), encoder
 
