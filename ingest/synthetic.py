@@ -200,18 +200,20 @@ def generate_catalogue(config: SyntheticConfig) -> CatalogTables:
     leaf_lo = np.concatenate([[0.0], cum_by_leaf])[leaf_start[:-1]]
     leaf_total = np.concatenate([[0.0], cum_by_leaf])[leaf_start[1:]] - leaf_lo
 
-    brands = _brand_names(config.num_brands, rng)
+    num_brands = config.num_brands
+    assert num_brands is not None  # SyntheticConfig.__post_init__ resolves None
+    brands = _brand_names(num_brands, rng)
     n_top = config.category_branching
-    brand_dept = rng.integers(0, n_top, size=config.num_brands)
-    brand_dept[:n_top] = np.arange(min(n_top, config.num_brands))  # every department has a brand
+    brand_dept = rng.integers(0, n_top, size=num_brands)
+    brand_dept[:n_top] = np.arange(min(n_top, num_brands))  # every department has a brand
     brand_order = np.argsort(brand_dept, kind="stable")
     dept_start = np.searchsorted(brand_dept[brand_order], np.arange(n_top + 1))
     dept = cat.leaf_top[leaf]
     count = np.maximum(dept_start[dept + 1] - dept_start[dept], 1)
     has = dept_start[dept + 1] > dept_start[dept]
     pick = dept_start[dept] + np.floor(rng.random(P) * count).astype(np.int64)
-    brand = np.where(has, brand_order[np.minimum(pick, config.num_brands - 1)],
-                     rng.integers(0, config.num_brands, size=P))
+    brand = np.where(has, brand_order[np.minimum(pick, num_brands - 1)],
+                     rng.integers(0, num_brands, size=P))
 
     adjective = cat.top_adjectives[cat.leaf_top[leaf], rng.integers(0, cat.top_adjectives.shape[1], size=P)]
     noun = cat.leaf_nouns[leaf, rng.integers(0, cat.leaf_nouns.shape[1], size=P)]
@@ -338,7 +340,7 @@ def _category_tree(config: SyntheticConfig, rng: np.random.Generator) -> _Catego
     tops = list(_DEPARTMENTS[:b]) + [f"Department {i}" for i in range(len(_DEPARTMENTS), b)]
     paths: list[tuple[str, ...]] = [(t,) for t in tops]
     for _ in range(depth - 1):
-        nxt = []
+        nxt: list[tuple[str, ...]] = []
         for path in paths:
             words = rng.choice(len(_CATEGORY_WORDS), size=b, replace=False)
             nxt.extend(path + (_CATEGORY_WORDS[w].capitalize() + ("s" if len(path) == 1 else ""),) for w in words)

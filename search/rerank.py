@@ -340,11 +340,12 @@ class CrossEncoderReranker(torch.nn.Module):
 
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.body.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(p)
-        param_groups = [
+        param_groups: list[dict[str, Any]] = [  # torch.optim's param-group dicts
             {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
             {"params": [self.head.weight], "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
@@ -394,7 +395,9 @@ class CrossEncoderReranker(torch.nn.Module):
 
     def _pack(self, groups: list[list[int]], order: list[int]) -> list[list[list[int]]]:
         """Pack whole groups (in ``order``) into batches of at most ``batch_size`` pairs."""
-        batches, cur, size = [], [], 0
+        batches: list[list[list[int]]] = []
+        cur: list[list[int]] = []
+        size = 0
         for g in order:
             grp = groups[g]
             if cur and size + len(grp) > self.config.batch_size:

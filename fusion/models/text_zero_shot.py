@@ -28,6 +28,7 @@ class TextZeroShot(Recommender):
     """
 
     name = "text-zero-shot"
+    text: torch.Tensor  # [P, d] unit rows; a buffer, declared so that attribute access is typed
 
     def __init__(self, num_users: int, text_features: torch.Tensor, decay: float = 0.7) -> None:
         super().__init__(num_users, text_features.shape[0])
