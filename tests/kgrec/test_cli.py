@@ -35,5 +35,5 @@ def test_ingest_reports_bad_rows(tiny_tables, tmp_path):
     (data / "interactions.csv").write_text("user_id,product_id,event,order\nU0,P00,purchase,0\nU0,NOPE,purchase,1\n")
     result = CliRunner().invoke(app, ["ingest", str(data), "--store", str(tmp_path / "store"), "--no-progress"])
     assert result.exit_code == 1 and "dangling" in result.output
-    rejects = [json.loads(l) for l in (tmp_path / "store" / "_ingest" / "rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (tmp_path / "store" / "_ingest" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["row"], r["field"], r["reason"]) for r in rejects] == [(2, "product_id", "dangling")]

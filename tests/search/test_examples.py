@@ -93,7 +93,8 @@ def test_multitask_training_learns_search_and_keeps_one_product_tower(tiny_snaps
     # search and recommendation rank against the same product vectors
     model.eval()
     q = torch.nn.functional.normalize(model.query_vectors(personal["test"].queries), dim=-1)
-    assert torch.allclose(model.search_logits(anonymous(personal["test"])), q @ model.product_embeddings().T / model.config.temperature, atol=1e-4)
+    logits = model.search_logits(anonymous(personal["test"]))
+    assert torch.allclose(logits, q @ model.product_embeddings().T / model.config.temperature, atol=1e-4)
 
 
 def test_evaluate_search_protocols_and_history_exclusion():
@@ -176,8 +177,8 @@ def test_search_model_round_trips_through_an_artifact(tiny_snapshot, tiny_bert_d
     task = SearchTask(train=batch, batch_size=3)
     fit(model, tiny_snapshot, TrainConfig(epochs=2, batch_size=16, lr=1e-2, patience=5, max_history=5), progress=False, search=task)
     if tower is not None:
-        assert any(not torch.equal(a, b) for a, b in zip(tower.tuned_state_dict().values(),
-                                                          TunedTextEncoder(encoder, TextTuningConfig(mode=mode)).tuned_state_dict().values()))
+        untrained = TunedTextEncoder(encoder, TextTuningConfig(mode=mode)).tuned_state_dict()
+        assert any(not torch.equal(a, b) for a, b in zip(tower.tuned_state_dict().values(), untrained.values()))
     save_artifact(model, tiny_snapshot, tmp_path / "art", text_encoder=encoder, max_history=5)
     assert (tmp_path / "art" / "text_tower").is_dir() == (mode != "frozen")
     art = load_artifact(tmp_path / "art")
@@ -188,7 +189,8 @@ def test_search_model_round_trips_through_an_artifact(tiny_snapshot, tiny_bert_d
     model.set_graph(tiny_snapshot.message_passing("test"))
     model._cache = None
     q = tower.encode(queries) if tower is not None else qvec
-    expected = torch.topk(model.search_logits(SearchBatch(q, batch.products, batch.grades, batch.users, batch.history, batch.query_nodes)), 5).indices
+    query_batch = SearchBatch(q, batch.products, batch.grades, batch.users, batch.history, batch.query_nodes)
+    expected = torch.topk(model.search_logits(query_batch), 5).indices
     ids = tiny_snapshot.id_maps["product"]
     assert [[pid for pid, _ in row] for row in found] == [[ids[i] for i in row] for row in expected.tolist()]
 
@@ -233,7 +235,7 @@ def test_a_tuned_tower_encodes_the_queries_it_scores(tiny_snapshot, tiny_bert_di
     texts = list(tiny_snapshot.product_text)
     tower = TunedTextEncoder(encoder, TextTuningConfig(mode="lora"))
     with torch.no_grad():  # a tuned tower: LoRA's B matrices start at 0, move them
-        for name, p in tower.named_parameters():
+        for p in tower.parameters():
             if p.requires_grad:
                 p.add_(0.5 * torch.randn_like(p))
     model = FusedRecommender(
