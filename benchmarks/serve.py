@@ -2,7 +2,7 @@
 
 1. In process: ``Scorer.recommend`` / ``search`` / ``similar`` on one row and on a batch of
    ``--batch`` rows (p50 per call and per row), the cost the service can at best approach.
-2. Over HTTP: the service (``python -m kgrec.serving.http``, a separate process on a free loopback
+2. Over HTTP: the service (``kgrec serve``, a separate process on a free loopback
    port) gets requests of one row each from N concurrent clients (``--clients``, default 1 8 32),
    each sending its next request when the last one answered, for ``--requests`` requests per
    (route, N) or ``--seconds`` at most: p50 / p99 latency, requests/s, errors and the mean batch
@@ -178,7 +178,7 @@ def start_server(artifact: Path, port: int, threads: int, max_wait_ms: float, lo
     env.pop("KGREC_API_KEY", None)
     handle = log.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "kgrec.serving.http", "--artifact", str(artifact), "--port", str(port),
+        [sys.executable, "-m", "kgrec.cli", "serve", "--artifact", str(artifact), "--port", str(port),
          "--threads", str(threads), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"],
         stdout=handle, stderr=subprocess.STDOUT, env=env)
     handle.close()
