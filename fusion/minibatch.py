@@ -161,8 +161,8 @@ class SampledFusedLoss:
         if use_text:
             frozen = model.text[candidates.to(device)]
             text = frozen + model.text_adapter(frozen)
-            g = torch.sigmoid(model.gate(torch.cat([text, graph_p], dim=-1)))
-            products = g * text + (1 - g) * graph_p
+            evidence = model.graph_evidence(model._edges_without(batch), model.num_products, device)
+            products = model.fuse(text, graph_p, evidence[candidates.to(device)])
         else:
             products = graph_p
         user_nodes = None

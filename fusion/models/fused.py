@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import HeteroData
 
-from kgrec.encoders.graph import HeteroGraphEncoder
+from kgrec.encoders.graph import HeteroGraphEncoder, RelationalGraphEncoder
 from kgrec.fusion.data import RecBatch, SearchBatch
 from kgrec.fusion.models.base import (
     INTERACTION_EDGE,
@@ -21,6 +21,12 @@ from kgrec.fusion.models.base import (
     Recommender,
     drop_pairs,
 )
+from kgrec.fusion.models.user_tower import CausalUserTower
+
+#: Graph encoders of the fused scorer (``FusedConfig.graph_encoder``).
+GRAPH_ENCODERS = ("sage", "rgcn")
+#: User towers of the fused scorer (``FusedConfig.user_tower``).
+USER_TOWERS = ("recency", "transformer")
 
 
 @dataclass
@@ -56,10 +62,35 @@ class FusedConfig:
             shows the curve). Keep True for recommendation, where every test product was seen
             in training.
         catalogue_loss: with a trainable text tower, add this weight times a second listwise
-            search loss over the whole catalogue, scored against the cached product text: the
+            loss over the whole catalogue, scored against the cached product text: the
             products' side carries no tower gradient (no fresh-vs-stale shortcut), the queries'
-            side does, and adapters and GNN see every product as a negative, as with a frozen
-            BERT. The in-batch loss (fresh products) stays. Default 0.0: in-batch only.
+            side does (search) or the users', built from freshly encoded history items
+            (recommendation, ``tuned_history``), and adapters and GNN see every product as a
+            negative, as with a frozen BERT. The in-batch loss (fresh products) stays. Default
+            0.0: in-batch only.
+        tuned_history: with a trainable text tower in recommendation training, the most recent
+            history items re-encoded with grad each step, besides the targets (default 5).
+        graph_encoder: ``"sage"`` (:class:`~kgrec.encoders.graph.HeteroGraphEncoder`, one SAGE
+            convolution per edge type) or ``"rgcn"`` (:class:`~kgrec.encoders.graph.RelationalGraphEncoder`,
+            one weight per relation built from ``gnn_bases`` shared bases). Default ``"sage"``.
+        gnn_bases: basis matrices of the ``"rgcn"`` encoder (default 4).
+        degree_gate: the gate also reads ``log(1 + n)``, ``n`` the product's interaction and
+            judgement edges in the message-passing graph, so it can lean on text where a product
+            has little graph evidence (default True).
+        graph_dropout: in training, the share of products whose graph branch (and degree) is
+            zeroed, as if they had no graph evidence: the text branch learns to rank them alone
+            (default 0.0).
+        user_tower: ``"recency"`` (the learned recency-weighted mean and a feed-forward layer)
+            or ``"transformer"`` (that, plus a causal transformer over the ordered history,
+            :class:`~kgrec.fusion.models.user_tower.CausalUserTower`). Default ``"recency"``.
+        tower_dim, tower_layers, tower_heads, tower_dropout: the transformer's width (default
+            64), blocks (2), heads (2) and dropout (0.2).
+        sequence_training: :meth:`FusedRecommender.loss` reads an example's history plus target as
+            one sequence and scores every position's next item (SASRec's objective; the user
+            vector at position ``j`` is exactly the one the prefix ending at ``j`` gets), and
+            the trainer builds one example per user's train sequence
+            (:func:`kgrec.fusion.data.training_sequences`) instead of one per interaction: the
+            same predictions, the history read once. Default False.
     """
 
     graph_dim: int = 64
@@ -76,10 +107,31 @@ class FusedConfig:
     personalize_search: bool = True
     feature_ids: bool = True
     catalogue_loss: float = 0.0
+    tuned_history: int = 5
+    graph_encoder: str = "sage"
+    gnn_bases: int = 4
+    degree_gate: bool = True
+    graph_dropout: float = 0.0
+    user_tower: str = "recency"
+    tower_dim: int = 64
+    tower_layers: int = 2
+    tower_heads: int = 2
+    tower_dropout: float = 0.2
+    sequence_training: bool = False
 
     def __post_init__(self) -> None:
+        if self.graph_encoder not in GRAPH_ENCODERS:
+            raise ValueError(f"graph_encoder must be one of {GRAPH_ENCODERS}, got {self.graph_encoder!r}")
+        if self.user_tower not in USER_TOWERS:
+            raise ValueError(f"user_tower must be one of {USER_TOWERS}, got {self.user_tower!r}")
+        if not 0 <= self.graph_dropout < 1:
+            raise ValueError(f"graph_dropout must be in [0, 1), got {self.graph_dropout}")
+        if self.tower_dim % self.tower_heads:
+            raise ValueError(f"tower_dim {self.tower_dim} is not a multiple of tower_heads {self.tower_heads}")
         if not self.catalogue_loss >= 0:
             raise ValueError(f"catalogue_loss must be >= 0, got {self.catalogue_loss}")
+        if self.tuned_history < 0:
+            raise ValueError(f"tuned_history must be >= 0, got {self.tuned_history}")
         if not (self.use_text or self.use_graph):
             raise ValueError("FusedConfig needs use_text or use_graph")
         if not 0 < self.recency_decay <= 1:
@@ -166,14 +218,18 @@ class FusedRecommender(Recommender):
                 raise ValueError("use_graph needs num_nodes and edge_types")
             input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else {}
             input_dims.update({t: int(node_features[t].shape[1]) for t in self.feature_types})
-            self.graph = HeteroGraphEncoder(
-                num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout,
-                feature_only=() if config.feature_ids else tuple(input_dims),
-            )
+            encoder_options = {"input_dims": input_dims, "dropout": config.dropout,
+                               "feature_only": () if config.feature_ids else tuple(input_dims)}
+            if config.graph_encoder == "rgcn":
+                self.graph = RelationalGraphEncoder(num_nodes, edge_types, config.graph_dim, config.gnn_layers,
+                                                    num_bases=config.gnn_bases, **encoder_options)
+            else:
+                self.graph = HeteroGraphEncoder(num_nodes, edge_types, config.graph_dim, config.gnn_layers,
+                                                **encoder_options)
             self.graph_proj = nn.Linear(config.graph_dim, d)
             self.user_graph_proj = _zero_linear(config.graph_dim, d)
         if config.use_text and config.use_graph:
-            self.gate = nn.Linear(2 * d, d)
+            self.gate = nn.Linear(2 * d + int(config.degree_gate), d)
             nn.init.zeros_(self.gate.weight)
             nn.init.constant_(self.gate.bias, config.gate_bias)
             # the graph branch starts at zero, so the untrained fused model ranks like text alone
@@ -182,6 +238,10 @@ class FusedRecommender(Recommender):
         age = torch.arange(config.max_history - 1, -1, -1, dtype=torch.float32)
         self.recency = nn.Parameter(age * math.log(config.recency_decay))
         self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
+        self.tower = None
+        if config.user_tower == "transformer":
+            self.tower = CausalUserTower(d, config.tower_dim, config.tower_layers, config.tower_heads,
+                                         config.max_history, config.tower_dropout)
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @classmethod
@@ -233,8 +293,33 @@ class FusedRecommender(Recommender):
         users = self.user_graph_proj(nodes["user"]) if "user" in nodes else None
         if t is None:
             return graph_p, users
-        g = torch.sigmoid(self.gate(torch.cat([t, graph_p], dim=-1)))
-        return g * t + (1 - g) * graph_p, users
+        return self.fuse(t, graph_p, self.graph_evidence(edges, graph_p.shape[0], graph_p.device)), users
+
+    def fuse(self, text: torch.Tensor, graph: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        """``g * text + (1 - g) * graph`` with the learned per-dimension gate ``g`` (``[N, d]`` each);
+        ``evidence`` ``[N]`` is :meth:`graph_evidence` (zeros when None: no graph evidence). In
+        training, ``graph_dropout`` of the rows lose their graph vector and evidence."""
+        if evidence is None:
+            evidence = text.new_zeros(text.shape[0])
+        if self.training and self.config.graph_dropout > 0:
+            dropped = torch.rand(graph.shape[0], device=graph.device) < self.config.graph_dropout
+            graph = graph.masked_fill(dropped.unsqueeze(1), 0.0)
+            evidence = evidence.masked_fill(dropped, 0.0)
+        inputs = [text, graph]
+        if self.config.degree_gate:
+            inputs.append(evidence.to(text.dtype).unsqueeze(1))
+        g = torch.sigmoid(self.gate(torch.cat(inputs, dim=-1)))
+        return g * text + (1 - g) * graph
+
+    @staticmethod
+    def graph_evidence(edges: dict, num_products: int, device: torch.device | None = None) -> torch.Tensor:
+        """``[P]`` ``log(1 + n)``, ``n`` the product's interaction and judgement edges in ``edges``."""
+        count = torch.zeros(num_products, device=device)
+        for edge_type in (INTERACTION_EDGE, QUERY_EDGE):
+            index = edges.get(edge_type)
+            if index is not None and index.numel():
+                count = count + torch.bincount(index[1], minlength=num_products)[:num_products].to(count)
+        return torch.log1p(count)
 
     def _graph_nodes(self, edges: dict, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The GNN's node vectors (with text and other node features as inputs when configured)."""
@@ -276,16 +361,75 @@ class FusedRecommender(Recommender):
                 self._cache = self._encode(self.edge_index_dict)
         return self._cache
 
+    @property
+    def trains_on_sequences(self) -> bool:
+        """True when :meth:`loss` scores every position of an example (``sequence_training``):
+        :func:`~kgrec.fusion.train.fit` then gives it one example per user's train sequence."""
+        return self.config.sequence_training
+
+    def _history_items(self, history: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+        """``[B, L, d]`` unit product vectors of ``history`` (padding rows are product 0's; mask them)."""
+        # index_select, not advanced indexing: the latter's backward accumulates with atomic adds
+        # across threads on the CPU, and training would not repeat bit for bit
+        items = F.normalize(products, dim=-1).index_select(0, history.clamp(min=0).flatten())
+        return items.view(*history.shape, -1)
+
     def _users(self, batch: RecBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        """``[B, d]`` user vectors after the whole history (the last position of :meth:`_user_sequence`)."""
         history = batch.history[:, -self.config.max_history :]
         mask = history >= 0
         logits = self.recency[-history.shape[1] :].unsqueeze(0).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # empty history -> zero weights
-        user = torch.einsum("bl,bld->bd", weights, F.normalize(products, dim=-1)[history.clamp(min=0)])
+        items = self._history_items(history, products)
+        user = torch.einsum("bl,bld->bd", weights, items)
         user = user + self.user_ffn(user)
+        if self.tower is not None:
+            user = user + self.tower(items, mask)
         if user_nodes is not None and self.config.user_graph:
-            user = user + user_nodes[batch.users]
+            user = user + user_nodes.index_select(0, batch.users)
         return user
+
+    def _user_sequence(self, batch: RecBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        """``[B, L, d]``: at position ``j`` the user vector of the history up to ``j`` (the
+        recency mean over positions ``<= j`` with weights by age, the feed-forward layer, the
+        causal tower's output at ``j``); padded positions hold zeros or junk, mask them."""
+        history = batch.history[:, -self.config.max_history :]
+        mask = history >= 0
+        length, most = history.shape[1], self.config.max_history
+        position = torch.arange(length, device=history.device)
+        age = position.unsqueeze(1) - position.unsqueeze(0)  # [j, i]
+        index = (most - 1 - age).clamp(0, most - 1).flatten()
+        logits = self.recency.index_select(0, index).view(length, length).unsqueeze(0)
+        allowed = (age >= 0).unsqueeze(0) & mask.unsqueeze(1)
+        weights = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+        items = self._history_items(history, products)
+        user = torch.einsum("bji,bid->bjd", weights, items)
+        user = user + self.user_ffn(user)
+        if self.tower is not None:
+            user = user + self.tower(items, mask, all_positions=True)
+        if user_nodes is not None and self.config.user_graph:
+            user = user + user_nodes.index_select(0, batch.users).unsqueeze(1)
+        return user
+
+    def _sequence_loss(self, batch: RecBatch) -> torch.Tensor:
+        """Cross-entropy of every position's next item (the next history item; the target after
+        the last), over the whole catalogue; every (user, next item) pair leaves message passing."""
+        history = batch.history[:, -self.config.max_history :]
+        following = torch.cat([history[:, 1:], batch.targets.unsqueeze(1)], dim=1)
+        following = torch.where(history >= 0, following, -1)
+        flat = following.flatten()
+        picked = torch.nonzero(flat >= 0).squeeze(1)
+        targets = flat.index_select(0, picked)
+        pairs = RecBatch(batch.users.repeat_interleave(history.shape[1]).index_select(0, picked), history[:0], targets)
+        if self.training:
+            products, user_nodes = self._encode(self._edges_without(pairs), self._fresh_text(targets))
+        else:
+            products, user_nodes = self._towers(None)
+        users = self._user_sequence(RecBatch(batch.users, history, batch.targets), products, user_nodes)
+        users = users.flatten(0, 1).index_select(0, picked)
+        logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+        logits, targets = self._in_batch(logits, targets)
+        return F.cross_entropy(logits, targets)
 
     def _logits(self, batch: RecBatch) -> torch.Tensor:
         products, user_nodes = self._towers(batch)
@@ -305,8 +449,30 @@ class FusedRecommender(Recommender):
         return logits[:, rows], torch.where(products >= 0, position, products)
 
     def loss(self, batch: RecBatch) -> torch.Tensor:
+        if self.config.sequence_training:
+            return self._sequence_loss(batch)
+        if self.training and self.text_tower is not None and getattr(self.text_tower, "trainable", False):
+            return self._tuned_loss(batch)
         logits, targets = self._in_batch(self._logits(batch), batch.targets)
         return F.cross_entropy(logits, targets)
+
+    def _tuned_loss(self, batch: RecBatch) -> torch.Tensor:
+        """Training loss with a trainable text tower: targets and the ``tuned_history`` most recent
+        history items are re-encoded with grad; softmax over the re-encoded products (in-batch),
+        plus ``catalogue_loss`` times the softmax of the same users over the whole catalogue from
+        the cached text (the tower learns through the users' fresh history rows only)."""
+        recent = batch.history[:, -self.config.tuned_history :] if self.config.tuned_history > 0 else batch.history[:, :0]
+        edges = self._edges_without(batch)
+        products, user_nodes = self._encode(edges, self._fresh_text(torch.cat([batch.targets, recent.flatten()])))
+        users = F.normalize(self._users(batch, products, user_nodes), dim=-1)
+        logits = users @ F.normalize(products, dim=-1).T / self.config.temperature
+        logits, targets = self._in_batch(logits, batch.targets)
+        loss = F.cross_entropy(logits, targets)
+        if self.config.catalogue_loss > 0:
+            cached, _ = self._encode(edges)
+            logits = users @ F.normalize(cached, dim=-1).T / self.config.temperature
+            loss = loss + self.config.catalogue_loss * F.cross_entropy(logits, batch.targets)
+        return loss
 
     def score_all(self, batch: RecBatch) -> torch.Tensor:
         return self._logits(batch)
@@ -462,9 +628,7 @@ class FusedRecommender(Recommender):
         if self.config.use_graph:
             parts["product_graph"] = neighbours.to(device).float() @ state["product_graph"]
         if self.config.use_text and self.config.use_graph:
-            t, g = parts["product_text"], parts["product_graph"]
-            gate = torch.sigmoid(self.gate(torch.cat([t, g], dim=-1)))
-            fused = gate * t + (1 - gate) * g
+            fused = self.fuse(parts["product_text"], parts["product_graph"])  # new: no graph evidence
         else:
             fused = next(iter(parts.values()))
         parts["products"] = F.normalize(fused, dim=-1)
