@@ -68,14 +68,53 @@ def _value(text: str):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
+def scientific_as_recbole(tables: Path, target: Path) -> Path:
+    """The demo tables as RecBole atomic files whose category and brand are KG triples: ``.inter``
+    (timestamp = order), ``.item`` (title), ``.kg`` (``item -in_category-> deepest category``,
+    ``category -subcategory_of-> parent``, ``item -made_by-> brand``) and ``.link`` (item -> its entity).
+    The same products, users, interactions and split as the table version; only the catalogue
+    structure arrives as triples instead of the product's own fields."""
+    if (target / "scientific.link").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    products = pd.read_json(tables / "products.jsonl", lines=True, dtype={"product_id": str})
+    inter = pd.read_csv(tables / "interactions.csv", dtype={"user_id": str, "product_id": str})
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{u}\t{p}\t{o}" for u, p, o in zip(inter["user_id"], inter["product_id"], inter["order"])]
+    (target / "scientific.inter").write_text("\n".join(lines) + "\n")
+    titles = products["title"].fillna("").str.replace("\t", " ")
+    (target / "scientific.item").write_text("item_id:token\ttitle:token_seq\n"
+                                           + "".join(f"{p}\t{t}\n" for p, t in zip(products["product_id"], titles)))
+    triples, links = set(), []
+    for pid, path, brand in zip(products["product_id"], products["category_path"], products["brand"]):
+        entity = f"item:{pid}"
+        links.append(f"{pid}\t{entity}")
+        levels = list(path) if isinstance(path, list) else []
+        for depth in range(1, len(levels) + 1):
+            node = "cat:" + " > ".join(levels[:depth])
+            if depth == len(levels):
+                triples.add((entity, "in_category", node))
+            if depth > 1:
+                triples.add((node, "subcategory_of", "cat:" + " > ".join(levels[: depth - 1])))
+        if isinstance(brand, str) and brand.strip():
+            triples.add((entity, "made_by", "brand:" + brand.strip()))
+    (target / "scientific.kg").write_text("head_id:token\trelation_id:token\ttail_id:token\n"
+                                         + "".join(f"{h}\t{r}\t{t}\n" for h, r, t in sorted(triples)))
+    (target / "scientific.link").write_text("item_id:token\tentity_id:token\n" + "\n".join(links) + "\n")
+    return target
+
+
 def load_snapshot(data: str, kg: bool, workdir: Path, export_options: dict):
     """Ingest ``data`` (with or without its KG files) into a store under ``workdir`` once, export it."""
     from kgrec.ingest.pipeline import IngestConfig, Ingestor
     from kgrec.ingest.sources import discover
     from kgrec.kg.embedded import EmbeddedStore
-    from kgrec.kg.export import export_snapshot
+    from kgrec.kg.export import KgExport, export_snapshot
 
-    path = DATA.get(data, Path(data))
+    if data == "scientific-kg":
+        path = scientific_as_recbole(DATA["scientific"], workdir / "scientific-kg")
+    else:
+        path = DATA.get(data, Path(data))
     found = discover([path])
     sources = [s for s in found.sources if kg or s.kind not in KG_KINDS]
     name = f"{Path(path).name}{'' if kg else '-nokg'}"
@@ -88,7 +127,7 @@ def load_snapshot(data: str, kg: bool, workdir: Path, export_options: dict):
             raise SystemExit(f"{path}: {report.rejected} rows rejected while ingesting")
         done.write_text(json.dumps(store.counts()))
     start = time.perf_counter()
-    snapshot = export_snapshot(store, **export_options)
+    snapshot = export_snapshot(store, kg=KgExport(**export_options))
     return snapshot, name, time.perf_counter() - start
 
 
@@ -125,8 +164,9 @@ def peer_ndcg(peers_csv: Path, snapshot, users: torch.Tensor, targets: torch.Ten
 
 
 #: Settings of a model label that are not fields of its config: ``tuning=lora|full|...`` trains the
-#: text tower jointly (:class:`kgrec.encoders.tuning.TunedTextEncoder`), ``time_limit=S`` caps training.
-BENCHMARK_SETTINGS = ("tuning", "time_limit")
+#: text tower jointly (:class:`kgrec.encoders.tuning.TunedTextEncoder`); ``time_limit=S``, ``batch_size=N``,
+#: ``epochs=N``, ``lr=X`` set that model's trainer.
+BENCHMARK_SETTINGS = ("tuning", "time_limit", "batch_size", "epochs", "lr")
 
 
 def run_model(label: str, name: str, overrides: dict, snapshot, text, seed: int, args) -> dict:
@@ -148,8 +188,9 @@ def run_model(label: str, name: str, overrides: dict, snapshot, text, seed: int,
         for key in ("epochs", "patience", "lr", "batch_size"):
             if getattr(args, key) is not None:
                 changes[key] = getattr(args, key)
-        if "time_limit" in settings:
-            changes["time_limit"] = float(settings["time_limit"])
+        for key, cast in (("time_limit", float), ("batch_size", int), ("epochs", int), ("lr", float)):
+            if key in settings:
+                changes[key] = cast(settings[key])
         train_cfg = replace(train, **changes)
     extra = {}
     if settings.get("tuning", "frozen") != "frozen":
@@ -193,7 +234,9 @@ def run_model(label: str, name: str, overrides: dict, snapshot, text, seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="scientific", help="scientific | ml100k | a folder")
+    parser.add_argument("--data", default="scientific",
+                        help="scientific (the demo tables) | scientific-kg (the same, category and brand as KG "
+                             "triples in RecBole files) | ml100k | a folder")
     parser.add_argument("--kg", default="with", choices=("with", "without", "both"),
                         help="ingest the .kg/.link triples of a RecBole folder (both: one run each)")
     parser.add_argument("--models", default="text-zero-shot,graph-only,fused",
@@ -208,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     parser.add_argument("--cold", type=int, default=5, help="cold target: fewer visible interactions than this")
     parser.add_argument("--peers", type=Path, default=None, help="per-user RecBole results (peers_per_user.csv.gz)")
-    parser.add_argument("--export", default="", help="export_snapshot options, e.g. kg_hops=2")
+    parser.add_argument("--export", default="", help="KgExport options, e.g. kg_hops=0")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "model-quality")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--progress", action="store_true")

@@ -40,6 +40,9 @@ class HeteroGraphEncoder(nn.Module):
         input_dims: node type -> feature size for types that get input features.
         dropout: dropout on hidden layers (default 0.1).
         feature_only: node types (all in ``input_dims``) without ID embeddings (default none).
+        quiet: edge types whose convolutions start at zero (all their weights and biases), so they
+            send nothing until training opens them: an untrained encoder with extra relations
+            (e.g. a knowledge graph's) computes what it computes without them (default none).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class HeteroGraphEncoder(nn.Module):
         input_dims: dict[str, int] | None = None,
         dropout: float = 0.1,
         feature_only: tuple[str, ...] | list[str] = (),
+        quiet: tuple[EdgeType, ...] | list[EdgeType] = (),
     ) -> None:
         super().__init__()
         self.node_types = sorted(num_nodes)
@@ -70,6 +74,12 @@ class HeteroGraphEncoder(nn.Module):
             HeteroConv({e: SAGEConv((dim, dim), dim) for e in self.edge_types}, aggr="sum")
             for _ in range(num_layers)
         )
+        quiet = {tuple(e) for e in quiet}
+        for conv in self.convs:
+            for edge_type, sage in conv.convs.items():
+                if edge_type in quiet:
+                    for p in sage.parameters():
+                        nn.init.zeros_(p)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -133,6 +143,8 @@ class RelationalGraphEncoder(nn.Module):
             :class:`HeteroGraphEncoder`.
         num_bases: shared basis matrices of the relation weights (default 4; None = one full
             matrix per relation).
+        quiet: edge types whose relation (by name) starts with a zero weight (its basis
+            coefficients, or its matrix), sending nothing until training opens it (default none).
     """
 
     def __init__(
@@ -145,6 +157,7 @@ class RelationalGraphEncoder(nn.Module):
         dropout: float = 0.1,
         feature_only: tuple[str, ...] | list[str] = (),
         num_bases: int | None = 4,
+        quiet: tuple[EdgeType, ...] | list[EdgeType] = (),
     ) -> None:
         super().__init__()
         self.node_types = sorted(num_nodes)
@@ -166,6 +179,10 @@ class RelationalGraphEncoder(nn.Module):
         self.convs = nn.ModuleList(
             RGCNConv(dim, dim, max(len(self.relations), 1), num_bases=bases, aggr="mean") for _ in range(num_layers)
         )
+        quiet_ids = sorted({self.relation_id[e[1]] for e in quiet if tuple(e) in set(self.edge_types)})
+        with torch.no_grad():
+            for conv in self.convs:
+                (conv.comp if conv.num_bases is not None else conv.weight)[quiet_ids] = 0.0
         self.dropout = nn.Dropout(dropout)
 
     def forward(

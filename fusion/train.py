@@ -59,7 +59,9 @@ class TrainConfig:
         max_history: history length given to models (default 50).
         seed: seeds torch, numpy and random (default 0).
         device: "auto" (CUDA when present), "cpu" or "cuda".
-        time_limit: stop after this many seconds of training (None = no limit).
+        time_limit: stop after this many seconds (None = no limit), checked after every step:
+            the epoch in progress ends there and is validated like a full one (a distributed
+            run checks at the end of each epoch).
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
         neighbor_sampling: fan-outs per GNN layer for mini-batch training of the fused model
             over sampled subgraphs (:class:`kgrec.fusion.minibatch.SampledFusedLoss`); None
@@ -276,6 +278,9 @@ def fit(
             total += float(loss.detach())
             seen_examples += (len(batch) if batch is not None else 0) + (len(search_batch) if search_batch is not None else 0)
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+            if world == 1 and config.time_limit is not None and time.perf_counter() - start > config.time_limit:
+                steps = step + 1  # (ranks of a distributed run stop at the epoch's end, together)
+                break
         history.losses.append(total / max(steps, 1))
         history.train_seconds += time.perf_counter() - epoch_start
         if tuned_text:  # products not in a batch still hold the vectors of the epoch's start

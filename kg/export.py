@@ -56,7 +56,8 @@ class GraphSnapshot:
 
     Attributes:
         id_maps: node type -> external ids; position = internal index.
-        product_text: one text per product, ``"title. category levels. brand."``.
+        product_text: one text per product, ``"title. category levels. brand."`` followed by the
+            product's other text attributes, ``" name: value."`` each (e.g. a MovieLens genre).
         structure: catalogue edges (no interactions), edge type -> ``[2, E]`` long tensor.
         interactions: frame with ``user``, ``product`` (internal indices), ``order``,
             ``rel`` (relationship type) and ``split``.
@@ -129,6 +130,24 @@ class GraphSnapshot:
         return h.hexdigest()[:16]
 
 
+#: Product columns that are not free text attributes: the key, the fields the text names
+#: already, and numbers or references that read as noise.
+NOT_TEXT_ATTRIBUTES = frozenset({"product_id", "title", "description", "brand", "category_path", "category_id", "price"})
+
+
+def _attribute_text(products: pd.DataFrame) -> list[str]:
+    """Per product, ``" name: value."`` for each free string attribute (columns in name order;
+    missing and empty values left out); empty strings when there are none."""
+    columns = sorted(c for c in products.columns if c not in NOT_TEXT_ATTRIBUTES
+                     and (pd.api.types.is_string_dtype(products[c]) or products[c].dtype == object))
+    out = [""] * len(products)
+    for column in columns:
+        label = column.replace("_", " ")
+        values = products[column].astype("string").fillna("").str.strip()
+        out = [o + (f" {label}: {v}." if v else "") for o, v in zip(out, values)]
+    return out
+
+
 def leave_one_out(interactions: pd.DataFrame) -> pd.Series:
     """Split labels by each user's ``order``: last = test, second-to-last = valid.
 
@@ -183,11 +202,12 @@ def export_snapshot(store: GraphStore, require_interactions: bool = True, kg: Kg
 
     products = frames["Product"]
     text = [
-        f"{t}. {c.replace(CATEGORY_SEPARATOR, ' ')}. {b}."
-        for t, c, b in zip(
+        f"{t}. {c.replace(CATEGORY_SEPARATOR, ' ')}. {b}." + extra
+        for t, c, b, extra in zip(
             products.get("title", pd.Series([""] * len(products))).fillna(""),
             products.get("category_path", pd.Series([""] * len(products))).fillna(""),
             products.get("brand", pd.Series([""] * len(products))).fillna(""),
+            _attribute_text(products),
         )
     ]
 

@@ -137,3 +137,29 @@ def test_relational_encoder_has_one_weight_per_relation_name():
     # an edge type the encoder was not built with sends nothing
     ignored = enc({**edges, ("entity", "unknown", "entity"): torch.tensor([[0], [2]])})
     assert torch.allclose(ignored["entity"], out["entity"])
+
+
+@pytest.mark.parametrize("cls", ENCODERS)
+def test_quiet_relations_send_nothing_until_trained(graph, cls):
+    """Knowledge-graph relations that start quiet leave products and users as they are without them;
+    one training step opens them."""
+    num_nodes = {t: graph[t].num_nodes for t in graph.node_types} | {"entity": 4}
+    kg = {("product", "genre", "entity"): torch.tensor([[0, 1, 2, 5], [0, 0, 1, 3]]),
+          ("entity", "rev_genre", "product"): torch.tensor([[0, 0, 1, 3], [0, 1, 2, 5]])}
+    torch.manual_seed(0)
+    # the relation into products starts quiet; the one into entities does not (entities must carry
+    # something for the quiet relation that reads them to get a gradient)
+    enc = cls(num_nodes, [*graph.edge_types, *kg], dim=8, num_layers=2, quiet=[("entity", "rev_genre", "product")]).eval()
+    with_kg = enc({**graph.edge_index_dict, **kg})
+    without = enc(graph.edge_index_dict)
+    for t in ("product", "user"):
+        assert torch.allclose(with_kg[t], without[t], atol=1e-6)
+    enc.train()
+    enc({**graph.edge_index_dict, **kg})["product"][:3].sum().backward()
+    if cls is HeteroGraphEncoder:  # the quiet convolution's own weights get a gradient
+        grad = enc.convs[-1].convs[("entity", "rev_genre", "product")].lin_l.weight.grad
+    else:  # the quiet relation's basis coefficients do
+        grad = enc.convs[-1].comp.grad[enc.relation_id["rev_genre"]]
+    assert grad is not None and grad.abs().sum() > 0
+    loud = cls(num_nodes, [*graph.edge_types, *kg], dim=8, num_layers=2).eval()
+    assert not torch.allclose(loud({**graph.edge_index_dict, **kg})["product"], loud(graph.edge_index_dict)["product"])

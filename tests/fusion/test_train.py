@@ -57,3 +57,12 @@ def test_same_seed_same_weights_and_scores(tiny_snapshot, text_features, overrid
     assert first_metrics == second_metrics
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_time_limit_stops_within_the_epoch(tiny_snapshot, text_features):
+    model = build_model("fused", ModelInputs.from_snapshot(tiny_snapshot, text_features), FusedConfig(graph_dim=8), seed=0)
+    history = fit(model, tiny_snapshot, TrainConfig(epochs=5, batch_size=4, lr=1e-2, max_history=5, time_limit=0.0),
+                  progress=False, validators={"rec": _scripted([0.1, 0.2, 0.3])})
+    # one step, then the cut epoch is validated and training ends
+    assert len(history.losses) == 1 and history.valid_ndcg == [0.1, 0.2] and history.best_epoch == 1
+    assert history.examples_per_second > 0

@@ -138,3 +138,18 @@ def test_entities_no_two_products_share_within_the_hops_are_left_out(tmp_path, h
 def test_kg_export_options_are_checked():
     with pytest.raises(ValueError, match="kg_hops"):
         KgExport(kg_hops=-1)
+
+
+def test_free_product_attributes_join_the_text(tmp_path):
+    from kgrec.ingest.pipeline import IngestConfig, Ingestor, Source
+
+    products = pd.DataFrame({"product_id": ["M1", "M2"], "title": ["Toy Story", "Heat"], "release_year": ["1995", None],
+                             "genres": ["Animation Comedy", ""], "price": [3.5, 4.0]})
+    store = EmbeddedStore(tmp_path / "store")
+    Ingestor(store, IngestConfig()).run([
+        Source("product", frame=products),
+        Source("interaction", frame=pd.DataFrame({"user_id": ["u"] * 2, "product_id": ["M1", "M2"], "order": [0, 1]})),
+    ])
+    text = export_snapshot(store).product_text
+    # name order, missing and empty values left out, numbers the schema knows (price) not text
+    assert text == ["Toy Story. . . genres: Animation Comedy. release year: 1995.", "Heat. . ."]
