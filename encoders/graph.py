@@ -3,6 +3,10 @@
 * :class:`HeteroGraphEncoder`: a heterogeneous GraphSAGE over the whole knowledge
   graph (products, users, categories, brands and every relation between them), or
   over a sampled subgraph of it (``n_id``; see :mod:`kgrec.encoders.sampling`).
+* :class:`RelationalGraphEncoder`: R-GCN with basis decomposition over the same graph
+  flattened into one node space: one weight per relation *name*, shared by every edge
+  type that carries it (a KG relation between two products and between a product and
+  an entity is one relation), built from a few shared bases.
 * :class:`LightGCNEncoder`: LightGCN over the user–product bipartite graph.
 
 Both take message-passing edges only (``edge_index``); what they are trained to
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import HeteroConv, LightGCN, SAGEConv
+from torch_geometric.nn import HeteroConv, LightGCN, RGCNConv, SAGEConv
 
 EdgeType = tuple[str, str, str]
 
@@ -36,6 +40,9 @@ class HeteroGraphEncoder(nn.Module):
         input_dims: node type -> feature size for types that get input features.
         dropout: dropout on hidden layers (default 0.1).
         feature_only: node types (all in ``input_dims``) without ID embeddings (default none).
+        quiet: edge types whose convolutions start at zero (all their weights and biases), so they
+            send nothing until training opens them: an untrained encoder with extra relations
+            (e.g. a knowledge graph's) computes what it computes without them (default none).
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class HeteroGraphEncoder(nn.Module):
         input_dims: dict[str, int] | None = None,
         dropout: float = 0.1,
         feature_only: tuple[str, ...] | list[str] = (),
+        quiet: tuple[EdgeType, ...] | list[EdgeType] = (),
     ) -> None:
         super().__init__()
         self.node_types = sorted(num_nodes)
@@ -66,6 +74,12 @@ class HeteroGraphEncoder(nn.Module):
             HeteroConv({e: SAGEConv((dim, dim), dim) for e in self.edge_types}, aggr="sum")
             for _ in range(num_layers)
         )
+        quiet = {tuple(e) for e in quiet}
+        for conv in self.convs:
+            for edge_type, sage in conv.convs.items():
+                if edge_type in quiet:
+                    for p in sage.parameters():
+                        nn.init.zeros_(p)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -110,6 +124,110 @@ class HeteroGraphEncoder(nn.Module):
                 x = {t: self.dropout(torch.relu(v)) for t, v in x.items()}
             layers.append(x)
         return {t: torch.stack([layer[t] for layer in layers]).mean(0) for t in self.node_types}
+
+
+class RelationalGraphEncoder(nn.Module):
+    """R-GCN (Schlichtkrull et al., 2018) with basis decomposition over a heterogeneous graph.
+
+    Node types keep their own ID embeddings (and input-feature projections, as in
+    :class:`HeteroGraphEncoder`); for message passing they are stacked into one node space
+    (types in sorted order) and every edge carries the id of its relation *name*
+    (``edge_type[1]``), so ``('product', 'film_genre', 'entity')`` and ``('product',
+    'film_genre', 'product')`` share one relation. Each layer is one :class:`RGCNConv`:
+    a mean over each relation's neighbours times that relation's weight (a learned mix
+    of ``num_bases`` shared matrices), plus a root weight, summed. The output is the mean
+    of the input and every layer's output, as in :class:`HeteroGraphEncoder`.
+
+    Args:
+        num_nodes, edge_types, dim, num_layers, input_dims, dropout, feature_only: as in
+            :class:`HeteroGraphEncoder`.
+        num_bases: shared basis matrices of the relation weights (default 4; None = one full
+            matrix per relation).
+        quiet: edge types whose relation (by name) starts with a zero weight (its basis
+            coefficients, or its matrix), sending nothing until training opens it (default none).
+    """
+
+    def __init__(
+        self,
+        num_nodes: dict[str, int],
+        edge_types: list[EdgeType],
+        dim: int = 64,
+        num_layers: int = 2,
+        input_dims: dict[str, int] | None = None,
+        dropout: float = 0.1,
+        feature_only: tuple[str, ...] | list[str] = (),
+        num_bases: int | None = 4,
+        quiet: tuple[EdgeType, ...] | list[EdgeType] = (),
+    ) -> None:
+        super().__init__()
+        self.node_types = sorted(num_nodes)
+        self.num_nodes = {t: int(n) for t, n in num_nodes.items()}
+        self.edge_types = [tuple(e) for e in edge_types]
+        self.relations = sorted({e[1] for e in self.edge_types})
+        self.relation_id = {r: i for i, r in enumerate(self.relations)}
+        self.feature_only = tuple(sorted(feature_only))
+        missing = [t for t in self.feature_only if t not in (input_dims or {})]
+        if missing:
+            raise ValueError(f"feature_only node types {missing} have no input features (input_dims)")
+        self.embedding = nn.ModuleDict(
+            {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
+        )
+        for emb in self.embedding.values():
+            nn.init.normal_(emb.weight, std=0.1)
+        self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
+        bases = None if num_bases is None else min(int(num_bases), max(len(self.relations), 1))
+        self.convs = nn.ModuleList(
+            RGCNConv(dim, dim, max(len(self.relations), 1), num_bases=bases, aggr="mean") for _ in range(num_layers)
+        )
+        quiet_ids = sorted({self.relation_id[e[1]] for e in quiet if tuple(e) in set(self.edge_types)})
+        with torch.no_grad():
+            for conv in self.convs:
+                (conv.comp if conv.num_bases is not None else conv.weight)[quiet_ids] = 0.0
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        edge_index_dict: dict[EdgeType, torch.Tensor],
+        features: dict[str, torch.Tensor] | None = None,
+        n_id: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Node representations per type, ``{type: [N_t, dim]}``; arguments as in
+        :meth:`HeteroGraphEncoder.forward` (edge types this encoder was not built with are ignored)."""
+        device = next(self.parameters()).device
+        if n_id is None:
+            x = {t: self.embedding[t].weight for t in self.embedding}
+            sizes = dict(self.num_nodes)
+        else:
+            empty = torch.empty(0, dtype=torch.long, device=device)
+            ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
+            x = {t: self.embedding[t](ids[t]) for t in self.embedding}
+            sizes = {t: int(ids[t].numel()) for t in self.node_types}
+        for t, proj in self.input_proj.items():
+            if features is None or t not in features:
+                raise ValueError(f"node type {t!r} was built with input features; pass them")
+            feats = features[t] if n_id is None else features[t][ids[t].to(features[t].device)]
+            x[t] = proj(feats) if t in self.feature_only else x[t] + proj(feats)
+        offsets, start = {}, 0
+        for t in self.node_types:
+            offsets[t], start = start, start + sizes[t]
+        h = torch.cat([x[t] for t in self.node_types])
+        known = set(self.edge_types)
+        parts = [(index, self.relation_id[e[1]], offsets[e[0]], offsets[e[2]])
+                 for e, index in edge_index_dict.items() if tuple(e) in known]
+        if parts:
+            edge_index = torch.cat([torch.stack([i[0] + s, i[1] + d]) for i, _, s, d in parts], dim=1).to(device)
+            edge_type = torch.cat([torch.full((i.shape[1],), r, dtype=torch.long) for i, r, _, _ in parts]).to(device)
+        else:
+            edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
+            edge_type = torch.empty(0, dtype=torch.long, device=device)
+        layers = [h]
+        for i, conv in enumerate(self.convs):
+            h = conv(h, edge_index, edge_type)
+            if i < len(self.convs) - 1:
+                h = self.dropout(torch.relu(h))
+            layers.append(h)
+        out = torch.stack(layers).mean(0)
+        return {t: out[offsets[t] : offsets[t] + sizes[t]] for t in self.node_types}
 
 
 class LightGCNEncoder(nn.Module):

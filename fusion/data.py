@@ -107,6 +107,30 @@ def training_examples(snapshot: GraphSnapshot, max_history: int = 50) -> RecBatc
     )
 
 
+def training_sequences(snapshot: GraphSnapshot, max_history: int = 50) -> RecBatch:
+    """One example per window of a user's train sequence, for models that score every position
+    (``FusedRecommender(sequence_training=True)``): the history is the window but its last item,
+    which is the target. A sequence longer than ``max_history + 1`` is cut into windows from its
+    end (each item is a prediction target exactly once); windows of one item are dropped. Same
+    predictions as :func:`training_examples`, whose examples are this function's prefixes."""
+    train = snapshot.interactions[snapshot.interactions["split"] == "train"]
+    users, targets, histories = [], [], []
+    for user, products in train.groupby("user", sort=True)["product"]:
+        seq = products.to_numpy()
+        for end in range(len(seq), 1, -max_history):
+            window = seq[max(0, end - max_history - 1) : end]
+            if len(window) < 2:
+                continue
+            users.append(user)
+            targets.append(window[-1])
+            histories.append(window[:-1])
+    return RecBatch(
+        torch.as_tensor(np.asarray(users, dtype=np.int64)),
+        torch.as_tensor(_pad_left(histories, max_history)),
+        torch.as_tensor(np.asarray(targets, dtype=np.int64)),
+    )
+
+
 def evaluation_examples(snapshot: GraphSnapshot, split: str, max_history: int = 50) -> tuple[RecBatch, list[np.ndarray]]:
     """Examples for the targets of ``split`` and, per example, every product to exclude.
 

@@ -161,8 +161,8 @@ class SampledFusedLoss:
         if use_text:
             frozen = model.text[candidates.to(device)]
             text = frozen + model.text_adapter(frozen)
-            g = torch.sigmoid(model.gate(torch.cat([text, graph_p], dim=-1)))
-            products = g * text + (1 - g) * graph_p
+            evidence = model.graph_evidence(model._edges_without(batch), model.num_products, device)
+            products = model.fuse(text, graph_p, evidence[candidates.to(device)])
         else:
             products = graph_p
         user_nodes = None
@@ -178,5 +178,8 @@ class SampledFusedLoss:
         history = torch.where(history >= 0, hist_pos, history)
         targets = torch.searchsorted(cand, batch.targets.to(device))
         user = model._users(RecBatch(local_users, history, targets), products, user_nodes)
-        logits = F.normalize(user, dim=-1) @ F.normalize(products, dim=-1).T / cfg.temperature
-        return F.cross_entropy(logits, targets)
+        logits = F.normalize(user, dim=-1) @ F.normalize(products, dim=-1).T
+        text_users = model._history_text_users(batch.history.to(device))
+        if text_users is not None:  # the text score over the candidates' raw text
+            logits = logits + model.text_score_weight * (text_users @ model.text[cand].T)
+        return F.cross_entropy(logits / cfg.temperature, targets)

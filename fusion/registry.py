@@ -26,7 +26,7 @@ from kgrec.fusion.models.lightgcn import LightGCNConfig
 from kgrec.fusion.models.mf import MFConfig
 from kgrec.fusion.models.popularity import PopularityConfig
 from kgrec.fusion.models.text_zero_shot import TextZeroShotConfig
-from kgrec.fusion.train import TrainConfig
+from kgrec.fusion.train import TrainConfig, seed_everything
 
 #: Trainer defaults of the models trained with a softmax over the catalogue (text-only, graph-only, fused).
 SOFTMAX_TRAINING = TrainConfig(epochs=8, batch_size=2048, lr=3e-3, patience=2)
@@ -106,20 +106,26 @@ def spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def build_model(name: str, inputs: ModelInputs, config: Any = None) -> Recommender:
+def build_model(name: str, inputs: ModelInputs, config: Any = None, seed: int | None = None) -> Recommender:
     """An untrained model ``name`` for ``inputs``; ``config`` defaults to the registered one.
 
     One :class:`FusedConfig` configures the whole fused family in a comparison: given for
     ``text-only`` / ``graph-only`` it keeps its settings but gets that name's towers
     (``use_text`` / ``use_graph``); given for a model of another class it is ignored.
+    ``seed`` (default None: the generators as they are) seeds torch, numpy and random before the
+    weights are drawn, so the starting weights depend on the seed alone and not on what ran
+    earlier in the process (pass the training seed for runs that repeat).
     """
+    if seed is not None:
+        seed_everything(seed)
     entry = spec(name)
     if config is None or (isinstance(config, FusedConfig) and entry.model_class is not FusedRecommender):
         config = entry.default_config()
     elif isinstance(config, FusedConfig) and entry.model_class is FusedRecommender:
         towers = entry.default_config()
         config = replace(config, use_text=towers.use_text, use_graph=towers.use_graph,
-                         graph_text_input=config.graph_text_input and towers.use_text)
+                         graph_text_input=config.graph_text_input and towers.use_text,
+                         text_score=config.text_score if towers.use_text else 0.0)
     model = entry.model_class.build(inputs, config)  # type: ignore[attr-defined]
     model.name = name
     return model

@@ -34,7 +34,7 @@ import torch
 from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
-from kgrec.fusion.data import SearchBatch, training_examples
+from kgrec.fusion.data import SearchBatch, training_examples, training_sequences
 from kgrec.fusion.models import Recommender
 from kgrec.kg.export import GraphSnapshot
 
@@ -48,14 +48,20 @@ class TrainConfig:
 
     Attributes:
         epochs: maximum epochs (default 30).
-        batch_size: examples per step (default 512).
+        batch_size: examples per step (default 512); for a model that trains on sequences
+            (``trains_on_sequences``), about this many predictions per step.
         lr: Adam learning rate (default 1e-3).
         weight_decay: Adam weight decay (default 0).
-        patience: epochs without a better validation NDCG@10 before stopping (default 3).
+        patience: epochs without a better validation score than the best trained epoch before
+            stopping (default 3). The untrained start competes for the kept weights but not for
+            patience: a model whose first epochs dip below its starting point (the fused model's
+            gate and adapters reorganise) keeps training.
         max_history: history length given to models (default 50).
         seed: seeds torch, numpy and random (default 0).
         device: "auto" (CUDA when present), "cpu" or "cuda".
-        time_limit: stop after this many seconds of training (None = no limit).
+        time_limit: stop after this many seconds (None = no limit), checked after every step:
+            the epoch in progress ends there and is validated like a full one (a distributed
+            run checks at the end of each epoch).
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
         neighbor_sampling: fan-outs per GNN layer for mini-batch training of the fused model
             over sampled subgraphs (:class:`kgrec.fusion.minibatch.SampledFusedLoss`); None
@@ -203,7 +209,14 @@ def fit(
         model.set_graph(train_graph)
         return history
 
-    examples = training_examples(snapshot, config.max_history)
+    sequences = bool(getattr(model, "trains_on_sequences", False)) and search is None
+    if sequences:  # one example per user's sequence, scored at every position
+        examples = training_sequences(snapshot, config.max_history)
+        predictions = int((examples.history >= 0).sum())
+        batch_size = max(1, round(config.batch_size * len(examples) / max(predictions, 1)))
+    else:
+        examples = training_examples(snapshot, config.max_history)
+        batch_size = config.batch_size
     has_rec = rec and len(examples) > 0
     if not has_rec and search is None:
         raise ValueError("nothing to train on: the snapshot has no train interactions after a user's first "
@@ -218,13 +231,14 @@ def fit(
     if config.neighbor_sampling is not None:
         from kgrec.fusion.minibatch import SampledFusedLoss
 
-        if search is not None or world > 1:
-            raise ValueError("neighbor_sampling trains recommendation only, in one process")
+        if search is not None or world > 1 or sequences:
+            raise ValueError("neighbor_sampling trains recommendation only, in one process, one example per interaction")
         loss_fn = SampledFusedLoss(model, train_graph, config.neighbor_sampling, config.num_negatives, seed=config.seed)
     amp = autocast_dtype(config, device)
     optimizer = torch.optim.Adam(parameter_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay)
     validators = dict(validators or {})
     best_state, best_score, stale = None, float("-inf"), 0
+    best_trained = float("-inf")  # patience counts from the best trained epoch, not the untrained start
     start = time.perf_counter()
     if validators:
         best_score = _validate(model, validators, history, train_graph, epoch=0, progress=progress and rank == 0)
@@ -241,7 +255,7 @@ def fit(
         rec_order = torch.randperm(len(examples), generator=generator)[rank::world] if has_rec else None
         search_order = torch.randperm(len(search.train), generator=generator)[rank::world] if search is not None else None
         if has_rec:
-            steps = len(rec_order) // config.batch_size + (1 if len(rec_order) % config.batch_size and world == 1 else 0)
+            steps = len(rec_order) // batch_size + (1 if len(rec_order) % batch_size and world == 1 else 0)
         else:
             steps = max(len(search_order) // search.batch_size, 1)
         if world > 1:
@@ -249,7 +263,7 @@ def fit(
         total = 0.0
         bar = tqdm(range(steps), desc=f"{model.name} epoch {epoch + 1}", leave=False, disable=not progress or rank != 0)
         for step in bar:
-            batch = examples[rec_order[step * config.batch_size : (step + 1) * config.batch_size]].to(device) if has_rec else None
+            batch = examples[rec_order[step * batch_size : (step + 1) * batch_size]].to(device) if has_rec else None
             search_batch = None
             if search is not None:
                 begin = (step * search.batch_size) % max(len(search_order), 1)
@@ -267,6 +281,9 @@ def fit(
             total += float(loss.detach())
             seen_examples += (len(batch) if batch is not None else 0) + (len(search_batch) if search_batch is not None else 0)
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+            if world == 1 and config.time_limit is not None and time.perf_counter() - start > config.time_limit:
+                steps = step + 1  # (ranks of a distributed run stop at the epoch's end, together)
+                break
         history.losses.append(total / max(steps, 1))
         history.train_seconds += time.perf_counter() - epoch_start
         if tuned_text:  # products not in a batch still hold the vectors of the epoch's start
@@ -280,8 +297,10 @@ def fit(
         score = _validate(model, validators, history, train_graph, epoch=epoch + 1, progress=progress and rank == 0,
                           loss=history.losses[-1])
         if score > best_score:
-            best_score, stale, history.best_epoch = score, 0, epoch + 1
+            best_score, history.best_epoch = score, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
+        if score > best_trained:
+            best_trained, stale = score, 0
         else:
             stale += 1
         if stale >= config.patience or out_of_time:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import HeteroData
 
-from kgrec.encoders.graph import HeteroGraphEncoder
+from kgrec.encoders.graph import HeteroGraphEncoder, RelationalGraphEncoder
 from kgrec.fusion.data import RecBatch, SearchBatch
 from kgrec.fusion.models.base import (
     INTERACTION_EDGE,
@@ -21,6 +21,29 @@ from kgrec.fusion.models.base import (
     Recommender,
     drop_pairs,
 )
+from kgrec.fusion.models.user_tower import CausalUserTower
+from kgrec.kg.schema import REL_TYPES
+
+#: Relations of the message-passing graph that are not knowledge-graph relations: interactions,
+#: search judgements and the static schema's catalogue relations, each with its ``rev_`` twin.
+CORE_RELATIONS = frozenset(
+    name for base in ("interacted", "judged", *(rt.name.lower() for rt in REL_TYPES.values() if not rt.interaction))
+    for name in (base, f"rev_{base}")
+)
+
+
+def kg_edge_types(edge_types, into: tuple[str, ...] | None = None) -> list[tuple[str, str, str]]:
+    """The edge types of ``edge_types`` that carry knowledge-graph relations (not :data:`CORE_RELATIONS`),
+    only those ending at a node type of ``into`` when given. The KG relations into products and users
+    are the ones that start quiet: those into entities keep their random start, so an entity's vector
+    is not zero and the quiet relations that read it get a gradient from the first step."""
+    return [tuple(e) for e in edge_types if e[1] not in CORE_RELATIONS and (into is None or e[2] in into)]
+
+
+#: Graph encoders of the fused scorer (``FusedConfig.graph_encoder``).
+GRAPH_ENCODERS = ("sage", "rgcn")
+#: User towers of the fused scorer (``FusedConfig.user_tower``).
+USER_TOWERS = ("recency", "transformer")
 
 
 @dataclass
@@ -56,10 +79,51 @@ class FusedConfig:
             shows the curve). Keep True for recommendation, where every test product was seen
             in training.
         catalogue_loss: with a trainable text tower, add this weight times a second listwise
-            search loss over the whole catalogue, scored against the cached product text: the
+            loss over the whole catalogue, scored against the cached product text: the
             products' side carries no tower gradient (no fresh-vs-stale shortcut), the queries'
-            side does, and adapters and GNN see every product as a negative, as with a frozen
-            BERT. The in-batch loss (fresh products) stays. Default 0.0: in-batch only.
+            side does (search) or the users', built from freshly encoded history items
+            (recommendation, ``tuned_history``), and adapters and GNN see every product as a
+            negative, as with a frozen BERT. The in-batch loss (fresh products) stays. Default
+            0.0: in-batch only.
+        tuned_history: with a trainable text tower in recommendation training, the most recent
+            history items re-encoded with grad each step, besides the targets (default 5).
+        graph_encoder: ``"sage"`` (:class:`~kgrec.encoders.graph.HeteroGraphEncoder`, one SAGE
+            convolution per edge type) or ``"rgcn"`` (:class:`~kgrec.encoders.graph.RelationalGraphEncoder`,
+            one weight per relation built from ``gnn_bases`` shared bases). Default ``"sage"``.
+        gnn_bases: basis matrices of the ``"rgcn"`` encoder (default 4).
+        kg_quiet_start: knowledge-graph relations into products and users (edge types whose
+            relation is not an interaction, a search judgement or a catalogue relation of the static
+            schema) start with zero convolution weights, so the untrained model computes for products
+            and users what it computes without the KG, and training opens each relation as far as
+            it helps (default True).
+        degree_gate: the gate also reads ``log(1 + n)``, ``n`` the product's interaction and
+            judgement edges in the message-passing graph, so it can lean on text where a product
+            has little graph evidence (default True).
+        graph_dropout: in training, the share of products whose graph branch (and degree) is
+            zeroed, as if they had no graph evidence: the text branch learns to rank them alone
+            (default 0.0).
+        text_score: the recommendation score adds this weight (learned from here) times the
+            untrained text score, the cosine between the recency-weighted mean of the history's
+            raw text vectors and the product's raw text vector (what :class:`TextZeroShot` ranks
+            by), over ``temperature``: a text-anchored residual the trained towers cannot bend,
+            which keeps products similar in text to the history in reach whatever their graph
+            evidence. Requires ``use_text``. Default 0.0: off.
+        text_only_below: products with fewer than this many interaction and judgement edges in
+            the message-passing graph are their text alone, with no graph vector, in training and
+            in scoring. A product's ID embedding that a handful of interactions trained as a
+            positive and every softmax trained as a negative points away from every user and
+            sinks the product whatever its text says. Default 0: off.
+        user_tower: ``"recency"`` (the learned recency-weighted mean and a feed-forward layer)
+            or ``"transformer"`` (that, plus a causal transformer over the ordered history,
+            :class:`~kgrec.fusion.models.user_tower.CausalUserTower`). Default ``"recency"``.
+        tower_dim, tower_layers, tower_heads, tower_dropout: the transformer's width (default
+            64), blocks (2), heads (2) and dropout (0.2).
+        sequence_training: :meth:`FusedRecommender.loss` reads an example's history plus target as
+            one sequence and scores every position's next item (SASRec's objective; the user
+            vector at position ``j`` is exactly the one the prefix ending at ``j`` gets), and
+            the trainer builds one example per user's train sequence
+            (:func:`kgrec.fusion.data.training_sequences`) instead of one per interaction: the
+            same predictions, the history read once. Default False.
     """
 
     graph_dim: int = 64
@@ -76,10 +140,38 @@ class FusedConfig:
     personalize_search: bool = True
     feature_ids: bool = True
     catalogue_loss: float = 0.0
+    tuned_history: int = 5
+    graph_encoder: str = "sage"
+    gnn_bases: int = 4
+    kg_quiet_start: bool = True
+    degree_gate: bool = True
+    graph_dropout: float = 0.0
+    text_only_below: int = 0
+    text_score: float = 0.0
+    user_tower: str = "recency"
+    tower_dim: int = 64
+    tower_layers: int = 2
+    tower_heads: int = 2
+    tower_dropout: float = 0.2
+    sequence_training: bool = False
 
     def __post_init__(self) -> None:
+        if self.graph_encoder not in GRAPH_ENCODERS:
+            raise ValueError(f"graph_encoder must be one of {GRAPH_ENCODERS}, got {self.graph_encoder!r}")
+        if self.user_tower not in USER_TOWERS:
+            raise ValueError(f"user_tower must be one of {USER_TOWERS}, got {self.user_tower!r}")
+        if self.text_score < 0 or (self.text_score > 0 and not self.use_text):
+            raise ValueError(f"text_score must be >= 0 and needs use_text, got {self.text_score} (use_text={self.use_text})")
+        if self.text_only_below < 0:
+            raise ValueError(f"text_only_below must be >= 0, got {self.text_only_below}")
+        if not 0 <= self.graph_dropout < 1:
+            raise ValueError(f"graph_dropout must be in [0, 1), got {self.graph_dropout}")
+        if self.tower_dim % self.tower_heads:
+            raise ValueError(f"tower_dim {self.tower_dim} is not a multiple of tower_heads {self.tower_heads}")
         if not self.catalogue_loss >= 0:
             raise ValueError(f"catalogue_loss must be >= 0, got {self.catalogue_loss}")
+        if self.tuned_history < 0:
+            raise ValueError(f"tuned_history must be >= 0, got {self.tuned_history}")
         if not (self.use_text or self.use_graph):
             raise ValueError("FusedConfig needs use_text or use_graph")
         if not 0 < self.recency_decay <= 1:
@@ -90,19 +182,27 @@ class FusedRecommender(Recommender):
     """The joint text + knowledge-graph scorer.
 
     Product tower: ``p = g * T(text) + (1 - g) * G(graph)`` with a learned,
-    per-dimension gate ``g = sigmoid(W [T(text); G(graph)] + b)``; ``T`` is the
-    frozen text vector plus a trained residual adapter, ``G`` a projection of the
-    heterogeneous GNN's product vector.
+    per-dimension gate ``g = sigmoid(W [T(text); G(graph); log(1 + n)] + b)``; ``T`` is the
+    frozen text vector plus a trained residual adapter, ``G`` a projection of the GNN's
+    product vector (:class:`~kgrec.encoders.graph.HeteroGraphEncoder` or the relational
+    :class:`~kgrec.encoders.graph.RelationalGraphEncoder`, over users, catalogue and KG
+    relations), ``n`` the product's interactions in the message-passing graph
+    (``degree_gate``; ``text_only_below`` and ``graph_dropout`` act on ``G`` by evidence).
 
     User tower: a learned recency-weighted mean of the fused vectors of the
-    user's history, plus a residual feed-forward layer, plus a projection of the
-    user's own vector from the GNN.
+    user's history, plus a residual feed-forward layer, plus (``user_tower="transformer"``)
+    a causal transformer over the ordered history, plus (``user_graph``) a projection of
+    the user's own vector from the GNN.
 
-    Initialisation keeps the text signal: adapters and graph projections into the
-    user start at zero and the gate leans towards text, so an untrained model
-    ranks like :class:`TextZeroShot`; training moves it from there. Scores are
-    cosine similarities divided by ``temperature``; the loss is the softmax
-    cross-entropy over all products.
+    Score: the cosine of user and product over ``temperature``, plus (``text_score``) a
+    learned weight times the untrained text cosine of history and product. The loss is
+    the softmax cross-entropy over all products (one target per example, or every
+    position of a sequence with ``sequence_training``).
+
+    Initialisation keeps the text signal: adapters, graph projections into the
+    user, the transformer's output and the KG relations into products start at zero and
+    the gate leans towards text, so an untrained model ranks like :class:`TextZeroShot`
+    (the text score ranks the same way); training moves it from there.
 
     Args:
         num_users, num_products: sizes.
@@ -166,14 +266,19 @@ class FusedRecommender(Recommender):
                 raise ValueError("use_graph needs num_nodes and edge_types")
             input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else {}
             input_dims.update({t: int(node_features[t].shape[1]) for t in self.feature_types})
-            self.graph = HeteroGraphEncoder(
-                num_nodes, edge_types, config.graph_dim, config.gnn_layers, input_dims=input_dims, dropout=config.dropout,
-                feature_only=() if config.feature_ids else tuple(input_dims),
-            )
+            encoder_options = {"input_dims": input_dims, "dropout": config.dropout,
+                               "feature_only": () if config.feature_ids else tuple(input_dims),
+                               "quiet": kg_edge_types(edge_types, into=("product", "user")) if config.kg_quiet_start else ()}
+            if config.graph_encoder == "rgcn":
+                self.graph = RelationalGraphEncoder(num_nodes, edge_types, config.graph_dim, config.gnn_layers,
+                                                    num_bases=config.gnn_bases, **encoder_options)
+            else:
+                self.graph = HeteroGraphEncoder(num_nodes, edge_types, config.graph_dim, config.gnn_layers,
+                                                **encoder_options)
             self.graph_proj = nn.Linear(config.graph_dim, d)
             self.user_graph_proj = _zero_linear(config.graph_dim, d)
         if config.use_text and config.use_graph:
-            self.gate = nn.Linear(2 * d, d)
+            self.gate = nn.Linear(2 * d + int(config.degree_gate), d)
             nn.init.zeros_(self.gate.weight)
             nn.init.constant_(self.gate.bias, config.gate_bias)
             # the graph branch starts at zero, so the untrained fused model ranks like text alone
@@ -182,6 +287,12 @@ class FusedRecommender(Recommender):
         age = torch.arange(config.max_history - 1, -1, -1, dtype=torch.float32)
         self.recency = nn.Parameter(age * math.log(config.recency_decay))
         self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
+        if config.text_score > 0:
+            self.text_score_weight = nn.Parameter(torch.tensor(float(config.text_score)))
+        self.tower = None
+        if config.user_tower == "transformer":
+            self.tower = CausalUserTower(d, config.tower_dim, config.tower_layers, config.tower_heads,
+                                         config.max_history, config.tower_dropout)
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @classmethod
@@ -233,8 +344,37 @@ class FusedRecommender(Recommender):
         users = self.user_graph_proj(nodes["user"]) if "user" in nodes else None
         if t is None:
             return graph_p, users
-        g = torch.sigmoid(self.gate(torch.cat([t, graph_p], dim=-1)))
-        return g * t + (1 - g) * graph_p, users
+        return self.fuse(t, graph_p, self.graph_evidence(edges, graph_p.shape[0], graph_p.device)), users
+
+    def fuse(self, text: torch.Tensor, graph: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        """``g * text + (1 - g) * graph`` with the learned per-dimension gate ``g`` (``[N, d]`` each);
+        ``evidence`` ``[N]`` is :meth:`graph_evidence` (zeros when None: no graph evidence). Rows
+        with less evidence than ``text_only_below`` interactions lose their graph vector; in
+        training, ``graph_dropout`` of the rows lose their graph vector and evidence."""
+        if evidence is None:
+            evidence = text.new_zeros(text.shape[0])
+        if self.config.text_only_below > 0:
+            scarce = evidence < math.log1p(self.config.text_only_below)
+            graph = graph.masked_fill(scarce.unsqueeze(1), 0.0)
+        if self.training and self.config.graph_dropout > 0:
+            dropped = torch.rand(graph.shape[0], device=graph.device) < self.config.graph_dropout
+            graph = graph.masked_fill(dropped.unsqueeze(1), 0.0)
+            evidence = evidence.masked_fill(dropped, 0.0)
+        inputs = [text, graph]
+        if self.config.degree_gate:
+            inputs.append(evidence.to(text.dtype).unsqueeze(1))
+        g = torch.sigmoid(self.gate(torch.cat(inputs, dim=-1)))
+        return g * text + (1 - g) * graph
+
+    @staticmethod
+    def graph_evidence(edges: dict, num_products: int, device: torch.device | None = None) -> torch.Tensor:
+        """``[P]`` ``log(1 + n)``, ``n`` the product's interaction and judgement edges in ``edges``."""
+        count = torch.zeros(num_products, device=device)
+        for edge_type in (INTERACTION_EDGE, QUERY_EDGE):
+            index = edges.get(edge_type)
+            if index is not None and index.numel():
+                count = count + torch.bincount(index[1], minlength=num_products)[:num_products].to(count)
+        return torch.log1p(count)
 
     def _graph_nodes(self, edges: dict, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The GNN's node vectors (with text and other node features as inputs when configured)."""
@@ -276,21 +416,113 @@ class FusedRecommender(Recommender):
                 self._cache = self._encode(self.edge_index_dict)
         return self._cache
 
+    @property
+    def trains_on_sequences(self) -> bool:
+        """True when :meth:`loss` scores every position of an example (``sequence_training``):
+        :func:`~kgrec.fusion.train.fit` then gives it one example per user's train sequence."""
+        return self.config.sequence_training
+
+    def _history_items(self, history: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+        """``[B, L, d]`` unit product vectors of ``history`` (padding rows are product 0's; mask them)."""
+        # index_select, not advanced indexing: the latter's backward accumulates with atomic adds
+        # across threads on the CPU, and training would not repeat bit for bit
+        items = F.normalize(products, dim=-1).index_select(0, history.clamp(min=0).flatten())
+        return items.view(*history.shape, -1)
+
+    def _recency_weights(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` learned recency weights of a left-padded history (zeros for an empty one)."""
+        logits = self.recency[-history.shape[1] :].unsqueeze(0).masked_fill(history < 0, float("-inf"))
+        return torch.softmax(logits, dim=1).nan_to_num(0.0)
+
+    def _sequence_weights(self, history: torch.Tensor) -> torch.Tensor:
+        """``[B, L, L]``: row ``j`` holds the recency weights of the history up to position ``j``."""
+        length, most = history.shape[1], self.config.max_history
+        position = torch.arange(length, device=history.device)
+        age = position.unsqueeze(1) - position.unsqueeze(0)  # [j, i]
+        index = (most - 1 - age).clamp(0, most - 1).flatten()
+        logits = self.recency.index_select(0, index).view(length, length).unsqueeze(0)
+        allowed = (age >= 0).unsqueeze(0) & (history >= 0).unsqueeze(1)
+        return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+
+    def _text_users(self, history: torch.Tensor, text: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Unit text users of :attr:`FusedConfig.text_score`: ``weights`` (``[B, L]`` or ``[B, L, L]``)
+        times the raw text rows of ``history`` (``text`` ``[P, d_text]``, unit)."""
+        items = text.index_select(0, history.clamp(min=0).flatten()).view(*history.shape, -1)
+        equation = "bl,bld->bd" if weights.dim() == 2 else "bji,bid->bjd"
+        return F.normalize(torch.einsum(equation, weights, items), dim=-1)
+
+    def _score(self, users: torch.Tensor, products: torch.Tensor, text_users: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, P]`` scores: cosine of user and product vectors over ``temperature``, plus the text
+        score when ``text_users`` (``[N, d_text]``, unit) are given."""
+        logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T
+        if text_users is not None:
+            logits = logits + self.text_score_weight * (text_users @ self.text.T)
+        return logits / self.config.temperature
+
+    def _history_text_users(self, history: torch.Tensor) -> torch.Tensor | None:
+        """The text users of the (last ``max_history`` of) ``history`` when the text score is on."""
+        if self.config.text_score <= 0:
+            return None
+        history = history[:, -self.config.max_history :]
+        return self._text_users(history, self.text, self._recency_weights(history))
+
     def _users(self, batch: RecBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        """``[B, d]`` user vectors after the whole history (the last position of :meth:`_user_sequence`)."""
         history = batch.history[:, -self.config.max_history :]
         mask = history >= 0
-        logits = self.recency[-history.shape[1] :].unsqueeze(0).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # empty history -> zero weights
-        user = torch.einsum("bl,bld->bd", weights, F.normalize(products, dim=-1)[history.clamp(min=0)])
+        weights = self._recency_weights(history)
+        items = self._history_items(history, products)
+        user = torch.einsum("bl,bld->bd", weights, items)
         user = user + self.user_ffn(user)
+        if self.tower is not None:
+            user = user + self.tower(items, mask)
         if user_nodes is not None and self.config.user_graph:
-            user = user + user_nodes[batch.users]
+            user = user + user_nodes.index_select(0, batch.users)
         return user
+
+    def _user_sequence(self, batch: RecBatch, products: torch.Tensor, user_nodes: torch.Tensor | None) -> torch.Tensor:
+        """``[B, L, d]``: at position ``j`` the user vector of the history up to ``j`` (the
+        recency mean over positions ``<= j`` with weights by age, the feed-forward layer, the
+        causal tower's output at ``j``); padded positions hold zeros or junk, mask them."""
+        history = batch.history[:, -self.config.max_history :]
+        mask = history >= 0
+        weights = self._sequence_weights(history)
+        items = self._history_items(history, products)
+        user = torch.einsum("bji,bid->bjd", weights, items)
+        user = user + self.user_ffn(user)
+        if self.tower is not None:
+            user = user + self.tower(items, mask, all_positions=True)
+        if user_nodes is not None and self.config.user_graph:
+            user = user + user_nodes.index_select(0, batch.users).unsqueeze(1)
+        return user
+
+    def _sequence_loss(self, batch: RecBatch) -> torch.Tensor:
+        """Cross-entropy of every position's next item (the next history item; the target after
+        the last), over the whole catalogue; every (user, next item) pair leaves message passing."""
+        history = batch.history[:, -self.config.max_history :]
+        following = torch.cat([history[:, 1:], batch.targets.unsqueeze(1)], dim=1)
+        following = torch.where(history >= 0, following, -1)
+        flat = following.flatten()
+        picked = torch.nonzero(flat >= 0).squeeze(1)
+        targets = flat.index_select(0, picked)
+        pairs = RecBatch(batch.users.repeat_interleave(history.shape[1]).index_select(0, picked), history[:0], targets)
+        if self.training:
+            products, user_nodes = self._encode(self._edges_without(pairs), self._fresh_text(targets))
+        else:
+            products, user_nodes = self._towers(None)
+        users = self._user_sequence(RecBatch(batch.users, history, batch.targets), products, user_nodes)
+        users = users.flatten(0, 1).index_select(0, picked)
+        text_users = None
+        if self.config.text_score > 0:
+            text_users = self._text_users(history, self.text, self._sequence_weights(history))
+            text_users = text_users.flatten(0, 1).index_select(0, picked)
+        logits, targets = self._in_batch(self._score(users, products, text_users), targets)
+        return F.cross_entropy(logits, targets)
 
     def _logits(self, batch: RecBatch) -> torch.Tensor:
         products, user_nodes = self._towers(batch)
         users = self._users(batch, products, user_nodes)
-        return F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+        return self._score(users, products, self._history_text_users(batch.history))
 
     def _in_batch(self, logits: torch.Tensor, products: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """With a trainable text tower in training, keep only the columns of the products
@@ -305,14 +537,39 @@ class FusedRecommender(Recommender):
         return logits[:, rows], torch.where(products >= 0, position, products)
 
     def loss(self, batch: RecBatch) -> torch.Tensor:
+        if self.config.sequence_training:
+            return self._sequence_loss(batch)
+        if self.training and self.text_tower is not None and getattr(self.text_tower, "trainable", False):
+            return self._tuned_loss(batch)
         logits, targets = self._in_batch(self._logits(batch), batch.targets)
         return F.cross_entropy(logits, targets)
+
+    def _tuned_loss(self, batch: RecBatch) -> torch.Tensor:
+        """Training loss with a trainable text tower: targets and the ``tuned_history`` most recent
+        history items are re-encoded with grad; softmax over the re-encoded products (in-batch),
+        plus ``catalogue_loss`` times the softmax of the same users over the whole catalogue from
+        the cached text (the tower learns through the users' fresh history rows only)."""
+        recent = batch.history[:, -self.config.tuned_history :] if self.config.tuned_history > 0 else batch.history[:, :0]
+        edges = self._edges_without(batch)
+        products, user_nodes = self._encode(edges, self._fresh_text(torch.cat([batch.targets, recent.flatten()])))
+        users = self._users(batch, products, user_nodes)
+        text_users = self._history_text_users(batch.history)
+        logits, targets = self._in_batch(self._score(users, products, text_users), batch.targets)
+        loss = F.cross_entropy(logits, targets)
+        if self.config.catalogue_loss > 0:
+            cached, _ = self._encode(edges)
+            logits = self._score(users, cached, text_users)
+            loss = loss + self.config.catalogue_loss * F.cross_entropy(logits, batch.targets)
+        return loss
 
     def score_all(self, batch: RecBatch) -> torch.Tensor:
         return self._logits(batch)
 
     def product_embeddings(self) -> torch.Tensor:
-        return F.normalize(self._towers(None)[0], dim=-1)
+        """``[P, d]`` unit product vectors; with the text score ``[P, d + d_text]``, the raw text
+        vectors appended (what ``score_all`` multiplies users ``[û / T, w û_text / T]`` with)."""
+        products = F.normalize(self._towers(None)[0], dim=-1)
+        return torch.cat([products, self.text], dim=1) if self.config.text_score > 0 else products
 
     # -- search: the same product tower, a query tower over the same text encoder ----------
 
@@ -415,17 +672,20 @@ class FusedRecommender(Recommender):
         loss = search_weight * search_loss
         if batch is not None and len(batch):
             users = self._users(batch, products, user_nodes)
-            logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T / self.config.temperature
+            logits = self._score(users, products, self._history_text_users(batch.history))
             logits, targets = self._in_batch(logits, batch.targets)
             loss = loss + F.cross_entropy(logits, targets)
         return loss
 
     @torch.no_grad()
     def serving_state(self) -> dict[str, torch.Tensor]:
-        """``products`` (unit fused vectors), ``product_text`` (``T``), ``product_graph`` (``G``)
-        and, with ``user_graph``, the users' projected GNN vectors, under the current graph."""
+        """``products`` (unit fused vectors, with the text score followed by the raw text vectors),
+        ``product_text`` (``T``), ``product_graph`` (``G``) and, with ``user_graph``, the users'
+        projected GNN vectors, under the current graph."""
         products, user_nodes = self._encode(self.edge_index_dict)
         state = {"products": F.normalize(products, dim=-1)}
+        if self.config.text_score > 0:  # the text score's product side rides along
+            state["products"] = torch.cat([state["products"], self.text], dim=1)
         if self.config.use_text:
             state["product_text"] = self.text + self.text_adapter(self.text)
         if self.config.use_graph:
@@ -445,8 +705,15 @@ class FusedRecommender(Recommender):
         # read only the history's rows (the user tower normalises the matrix it is given)
         rows, compact = torch.unique(batch.history.clamp(min=0), return_inverse=True)
         history = torch.where(batch.history >= 0, compact, batch.history)
-        user = self._users(RecBatch(users, history, batch.targets), state["products"][rows], user_nodes)
-        return F.normalize(user, dim=-1) / self.config.temperature
+        vectors = state["products"][rows]
+        d = self.dim
+        user = self._users(RecBatch(users, history, batch.targets), vectors[:, :d], user_nodes)
+        user = F.normalize(user, dim=-1) / self.config.temperature
+        if self.config.text_score > 0:
+            window = history[:, -self.config.max_history :]
+            text_users = self._text_users(window, vectors[:, d:], self._recency_weights(window))
+            user = torch.cat([user, self.text_score_weight * text_users / self.config.temperature], dim=1)
+        return user
 
     @torch.no_grad()
     def serving_add_products(self, state, text, neighbours):
@@ -462,12 +729,12 @@ class FusedRecommender(Recommender):
         if self.config.use_graph:
             parts["product_graph"] = neighbours.to(device).float() @ state["product_graph"]
         if self.config.use_text and self.config.use_graph:
-            t, g = parts["product_text"], parts["product_graph"]
-            gate = torch.sigmoid(self.gate(torch.cat([t, g], dim=-1)))
-            fused = gate * t + (1 - gate) * g
+            fused = self.fuse(parts["product_text"], parts["product_graph"])  # new: no graph evidence
         else:
             fused = next(iter(parts.values()))
         parts["products"] = F.normalize(fused, dim=-1)
+        if self.config.text_score > 0:
+            parts["products"] = torch.cat([parts["products"], F.normalize(text.float(), dim=-1).to(device)], dim=1)
         out = dict(state)
         for key, value in parts.items():
             out[key] = torch.cat([state[key], value])
@@ -479,7 +746,10 @@ class FusedRecommender(Recommender):
         if not self.config.use_text and not hasattr(self, "query_proj"):
             raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
         with torch.no_grad():
-            return F.normalize(self.query_vectors(text.to(state["products"].device)), dim=-1)
+            query = F.normalize(self.query_vectors(text.to(state["products"].device)), dim=-1)
+        if self.config.text_score > 0:  # search scores the fused part only
+            query = F.pad(query, (0, state["products"].shape[1] - query.shape[1]))
+        return query
 
 
 def _zero_linear(d_in: int, d_out: int) -> nn.Linear:

@@ -54,7 +54,8 @@ class MatrixFactorization(Recommender):
     def loss(self, batch: RecBatch) -> torch.Tensor:
         users, products = self._towers()
         neg = torch.randint(0, self.num_products, batch.targets.shape, device=batch.targets.device)
-        u, p, n = users[batch.users], products[batch.targets], products[neg]
+        # index_select: advanced indexing's backward adds with atomics across CPU threads (not repeatable)
+        u, p, n = users.index_select(0, batch.users), products.index_select(0, batch.targets), products.index_select(0, neg)
         reg = self.weight_decay * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / len(batch)
         return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + reg
 

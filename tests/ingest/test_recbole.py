@@ -51,17 +51,18 @@ def test_recbole_kg_to_typed_edges_and_training(tmp_path, recbole_kg):
     snapshot = export_snapshot(reopened)
     graph = snapshot.message_passing("train")
     types = set(graph.edge_types)
+    # a linked movie entity is its product: the relations start at the product (no DESCRIBES hop)
     for rel in ("film_film_directed_by", "film_film_genre", "starring"):
-        assert ("entity", rel, "entity") in types and ("entity", f"rev_{rel}", "entity") in types
-    assert ("entity", "describes", "product") in types and ("product", "rev_describes", "entity") in types
-    assert graph["entity"].num_nodes == 32
-    assert graph["entity", "starring", "entity"].edge_index.shape == (2, 40)
+        assert ("product", rel, "entity") in types and ("entity", f"rev_{rel}", "product") in types
+    assert not any("describes" in rel for _, rel, _ in types)
+    assert graph["entity"].num_nodes == 4 + 3 + 5  # directors, genres, actors; the 20 movie entities merged
+    assert graph["product", "starring", "entity"].edge_index.shape == (2, 40)
 
     # the fused model trains and evaluates on it, messages flowing through the KG relations
     torch.manual_seed(0)
     text = torch.randn(snapshot.num_products, 16)
     model = build_model("fused", ModelInputs.from_snapshot(snapshot, text), FusedConfig(graph_dim=16, gnn_layers=2))
-    assert ("entity", "starring", "entity") in model.graph.edge_types
+    assert ("product", "starring", "entity") in model.graph.edge_types
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: OpenMP threads only contend on a shared CPU
     try:

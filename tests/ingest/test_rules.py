@@ -11,7 +11,7 @@ from kgrec.ingest.pipeline import IngestConfig, Ingestor, Source
 from kgrec.ingest.sources import apply_map_args, discover, load_mapping
 from kgrec.ingest.validate import SourceOptions
 from kgrec.kg.embedded import EmbeddedStore
-from kgrec.kg.export import export_judgements, export_snapshot
+from kgrec.kg.export import KgExport, export_judgements, export_snapshot
 from kgrec.kg.schema import SchemaError, check_identifier, relation_type_name
 
 
@@ -153,9 +153,10 @@ def test_categories_brands_judgements_and_triples(tmp_path):
     assert store.edges("DESCRIBES")[["source", "target"]].values.tolist() == [["P1", "P1"]]
     pd.DataFrame({"user_id": ["u"] * 3, "product_id": ["P1", "P2", "P1"], "order": [0, 1, 2]}).pipe(
         lambda f: run(store, [Source("interaction", frame=f)]))
-    snapshot = export_snapshot(EmbeddedStore(tmp_path / "store"))
-    assert {("entity", "made_of", "entity"), ("entity", "is_a", "entity"), ("entity", "describes", "product")} <= set(
-        snapshot.structure)
+    snapshot = export_snapshot(EmbeddedStore(tmp_path / "store"), kg=KgExport(kg_hops=0))  # keep every entity
+    # P1 is its linked entity: its madeOf relation starts at the product
+    assert {("product", "made_of", "entity"), ("entity", "is_a", "entity")} <= set(snapshot.structure)
+    assert snapshot.id_maps["entity"] == ["metal", "steel"]
     judged = export_judgements(store, snapshot)
     assert judged[["query", "label"]].values.tolist() == [["cordless drill", 2.0], ["cordless drill", 0.0]]
 

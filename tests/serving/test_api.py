@@ -219,14 +219,27 @@ def test_add_products_scores_a_new_product_without_retraining(fresh_text_only, t
 
 
 def test_new_fused_product_reproduces_an_existing_one_from_its_own_parts(fused, encoder, tiny_snapshot):
-    """serving_add_products must fuse exactly like the model: text + one-hot neighbour -> the same vector."""
-    i = 7
-    text = encoder.encode([tiny_snapshot.product_text[i]])
-    neighbours = torch.zeros(1, tiny_snapshot.num_products)
-    neighbours[0, i] = 1.0
-    state = fused.model.serving_add_products(fused.state, text, neighbours)
-    assert torch.allclose(state["products"][-1], fused.state["products"][i], atol=1e-5)
-    assert state["product_graph"].shape[0] == tiny_snapshot.num_products + 1
+    """serving_add_products must fuse exactly like the model: text + one-hot neighbour -> the vector the
+    model gives that product's parts with no graph evidence (a new product has no interactions yet);
+    where the product has none either, the very same vector."""
+    import torch.nn.functional as F
+
+    model, state = fused.model, fused.state
+    graph = tiny_snapshot.message_passing("test")
+    evidence = model.graph_evidence(graph.edge_index_dict, tiny_snapshot.num_products)
+    unseen = [i for i in range(tiny_snapshot.num_products) if evidence[i] == 0]
+    for i in [7, *unseen[:1]]:
+        text = encoder.encode([tiny_snapshot.product_text[i]])
+        neighbours = torch.zeros(1, tiny_snapshot.num_products)
+        neighbours[0, i] = 1.0
+        grown = model.serving_add_products(state, text, neighbours)
+        with torch.no_grad():
+            alone = model.fuse(state["product_text"][i : i + 1], state["product_graph"][i : i + 1], torch.zeros(1))
+        assert torch.allclose(grown["products"][-1], F.normalize(alone, dim=-1)[0], atol=1e-5)
+        if i in unseen:
+            assert torch.allclose(grown["products"][-1], state["products"][i], atol=1e-5)
+        assert grown["product_graph"].shape[0] == tiny_snapshot.num_products + 1
+    assert unseen, "the tiny catalogue has products nobody bought before the test split"
 
 
 def test_clear_errors(fused):
