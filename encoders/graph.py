@@ -14,6 +14,8 @@ predict (``edge_label_index``) is the caller's business.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch_geometric.nn import HeteroConv, LightGCN, RGCNConv, SAGEConv
@@ -68,16 +70,16 @@ class HeteroGraphEncoder(nn.Module):
             {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
         )
         for emb in self.embedding.values():
-            nn.init.normal_(emb.weight, std=0.1)
+            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.1)
         self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
         self.convs = nn.ModuleList(
             HeteroConv({e: SAGEConv((dim, dim), dim) for e in self.edge_types}, aggr="sum")
             for _ in range(num_layers)
         )
-        quiet = {tuple(e) for e in quiet}
+        quiet_types = {tuple(e) for e in quiet}
         for conv in self.convs:
-            for edge_type, sage in conv.convs.items():
-                if edge_type in quiet:
+            for edge_type, sage in cast(HeteroConv, conv).convs.items():
+                if edge_type in quiet_types:
                     for p in sage.parameters():
                         nn.init.zeros_(p)
         self.dropout = nn.Dropout(dropout)
@@ -104,7 +106,7 @@ class HeteroGraphEncoder(nn.Module):
         """
         device = next(self.parameters()).device
         if n_id is None:
-            x = {t: self.embedding[t].weight for t in self.embedding}
+            x: dict[str, torch.Tensor] = {t: cast(nn.Embedding, self.embedding[t]).weight for t in self.embedding}
         else:
             empty = torch.empty(0, dtype=torch.long, device=device)
             ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
@@ -173,7 +175,7 @@ class RelationalGraphEncoder(nn.Module):
             {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
         )
         for emb in self.embedding.values():
-            nn.init.normal_(emb.weight, std=0.1)
+            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.1)
         self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
         bases = None if num_bases is None else min(int(num_bases), max(len(self.relations), 1))
         self.convs = nn.ModuleList(
@@ -182,7 +184,8 @@ class RelationalGraphEncoder(nn.Module):
         quiet_ids = sorted({self.relation_id[e[1]] for e in quiet if tuple(e) in set(self.edge_types)})
         with torch.no_grad():
             for conv in self.convs:
-                (conv.comp if conv.num_bases is not None else conv.weight)[quiet_ids] = 0.0
+                rgcn = cast(RGCNConv, conv)
+                cast(torch.Tensor, rgcn.comp if rgcn.num_bases is not None else rgcn.weight)[quiet_ids] = 0.0
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -195,7 +198,7 @@ class RelationalGraphEncoder(nn.Module):
         :meth:`HeteroGraphEncoder.forward` (edge types this encoder was not built with are ignored)."""
         device = next(self.parameters()).device
         if n_id is None:
-            x = {t: self.embedding[t].weight for t in self.embedding}
+            x: dict[str, torch.Tensor] = {t: cast(nn.Embedding, self.embedding[t]).weight for t in self.embedding}
             sizes = dict(self.num_nodes)
         else:
             empty = torch.empty(0, dtype=torch.long, device=device)

@@ -230,9 +230,12 @@ def fit(
     loss_fn = None
     if config.neighbor_sampling is not None:
         from kgrec.fusion.minibatch import SampledFusedLoss
+        from kgrec.fusion.models import FusedRecommender
 
         if search is not None or world > 1 or sequences:
             raise ValueError("neighbor_sampling trains recommendation only, in one process, one example per interaction")
+        if not isinstance(model, FusedRecommender):
+            raise ValueError(f"neighbor_sampling trains the fused model only, not {model.name!r}")
         loss_fn = SampledFusedLoss(model, train_graph, config.neighbor_sampling, config.num_negatives, seed=config.seed)
     amp = autocast_dtype(config, device)
     optimizer = torch.optim.Adam(parameter_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay)
@@ -252,12 +255,13 @@ def fit(
         if loss_fn is not None:
             loss_fn.set_graph(train_graph)
         model.train()
-        rec_order = torch.randperm(len(examples), generator=generator)[rank::world] if has_rec else None
-        search_order = torch.randperm(len(search.train), generator=generator)[rank::world] if search is not None else None
+        nothing = torch.empty(0, dtype=torch.long)
+        rec_order = torch.randperm(len(examples), generator=generator)[rank::world] if has_rec else nothing
+        search_order = torch.randperm(len(search.train), generator=generator)[rank::world] if search is not None else nothing
         if has_rec:
             steps = len(rec_order) // batch_size + (1 if len(rec_order) % batch_size and world == 1 else 0)
         else:
-            steps = max(len(search_order) // search.batch_size, 1)
+            steps = max(len(search_order) // search.batch_size, 1) if search is not None else 0
         if world > 1:
             steps = min(steps, _min_over_ranks(steps, device))
         total = 0.0
@@ -269,9 +273,9 @@ def fit(
                 begin = (step * search.batch_size) % max(len(search_order), 1)
                 search_batch = search.train[search_order[begin : begin + search.batch_size]].to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                if loss_fn is not None:
+                if loss_fn is not None and batch is not None:
                     loss = loss_fn(batch)
-                elif search_batch is None:
+                elif search is None or search_batch is None:
                     loss = step_model(batch)
                 else:
                     loss = step_model(batch, search_batch, search.weight)
@@ -288,7 +292,8 @@ def fit(
         history.train_seconds += time.perf_counter() - epoch_start
         if tuned_text:  # products not in a batch still hold the vectors of the epoch's start
             model.eval()
-            model.refresh_text(progress=progress and rank == 0)
+            refresh_text: Callable[..., None] = getattr(model, "refresh_text")  # noqa: B009 (only tuned text towers have it)
+            refresh_text(progress=progress and rank == 0)
         out_of_time = config.time_limit is not None and time.perf_counter() - start > config.time_limit
         if not validators:
             if out_of_time:

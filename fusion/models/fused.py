@@ -219,6 +219,9 @@ class FusedRecommender(Recommender):
     """
 
     name = "fused"
+    text: torch.Tensor  # [P, d_text] unit text vectors (a buffer: saved, moved with the model)
+    text_tower: Any
+    graph: HeteroGraphEncoder | RelationalGraphEncoder
 
     def __init__(
         self,
@@ -250,7 +253,8 @@ class FusedRecommender(Recommender):
         self.dim = d
         self.search_user_weight = nn.Parameter(torch.zeros(()))
         # input features of other node types (e.g. the query nodes of a search graph)
-        self.feature_types = sorted(node_features or {})
+        node_features = node_features or {}
+        self.feature_types = sorted(node_features)
         for t in self.feature_types:
             self.register_buffer(f"features_{t}", F.normalize(node_features[t].float(), dim=-1))
         if text_tower is not None:
@@ -264,9 +268,9 @@ class FusedRecommender(Recommender):
         if config.use_graph:
             if num_nodes is None or edge_types is None:
                 raise ValueError("use_graph needs num_nodes and edge_types")
-            input_dims = {"product": text_features.shape[1]} if config.use_text and config.graph_text_input else {}
+            input_dims = {"product": int(self.text.shape[1])} if config.use_text and config.graph_text_input else {}
             input_dims.update({t: int(node_features[t].shape[1]) for t in self.feature_types})
-            encoder_options = {"input_dims": input_dims, "dropout": config.dropout,
+            encoder_options: dict[str, Any] = {"input_dims": input_dims, "dropout": config.dropout,
                                "feature_only": () if config.feature_ids else tuple(input_dims),
                                "quiet": kg_edge_types(edge_types, into=("product", "user")) if config.kg_quiet_start else ()}
             if config.graph_encoder == "rgcn":
@@ -336,8 +340,10 @@ class FusedRecommender(Recommender):
         ``[P, d_text]`` unit text matrix (fresh tower vectors during fine-tuning)."""
         if text is None and self.config.use_text:
             text = self.text
-        t = text + self.text_adapter(text) if self.config.use_text else None
+        t = text + self.text_adapter(text) if text is not None and self.config.use_text else None
         if not self.config.use_graph:
+            if t is None:
+                raise ValueError(f"{self.name} has neither a text nor a graph tower")
             return t, None
         nodes = self._graph_nodes(edges, text)
         graph_p = self.graph_proj(nodes["product"])
@@ -393,7 +399,8 @@ class FusedRecommender(Recommender):
             return None
         rows = torch.unique(products[products >= 0])
         self._fresh_rows = rows
-        vectors = F.normalize(tower([self.product_texts[i] for i in rows.tolist()]).float(), dim=-1)
+        texts = self.product_texts or []
+        vectors = F.normalize(tower([texts[i] for i in rows.tolist()]).float(), dim=-1)
         return self.text.index_put((rows.to(self.text.device),), vectors.to(self.text.device))
 
     @torch.no_grad()
@@ -652,7 +659,7 @@ class FusedRecommender(Recommender):
         products, user_nodes = self._search_products(batch, rec, edges)
         queries = self.query_vectors(batch.queries, batch.texts)
         loss = self._graded_loss(self._search_logits(batch, products, user_nodes, queries), batch)
-        if self.training and self._fresh_rows is not None and self.config.catalogue_loss > 0:
+        if edges is not None and self._fresh_rows is not None and self.config.catalogue_loss > 0:
             cached, cached_users = self._encode(edges)  # the cache: no tower gradient on the product side
             logits = self._search_logits(batch, cached, cached_users, queries)
             loss = loss + self.config.catalogue_loss * self._graded_loss(logits, batch, in_batch=False)
@@ -667,6 +674,8 @@ class FusedRecommender(Recommender):
         """Multi-task loss with one shared product tower (one graph pass for both tasks):
         ``loss(batch) + search_weight * search_loss(search)``; either part may be None."""
         if search is None:
+            if batch is None:
+                raise ValueError("forward needs a recommendation batch, a search batch or both")
             return self.loss(batch)
         search_loss, products, user_nodes = self._search_term(search, batch)
         loss = search_weight * search_loss
@@ -690,7 +699,7 @@ class FusedRecommender(Recommender):
             state["product_text"] = self.text + self.text_adapter(self.text)
         if self.config.use_graph:
             state["product_graph"] = self.graph_proj(self._graph_nodes(self.edge_index_dict)["product"])
-        if self.config.use_graph and self.config.user_graph:
+        if self.config.use_graph and self.config.user_graph and user_nodes is not None:
             state["user_graph"] = user_nodes
         return {k: v.detach().float().cpu().clone() for k, v in state.items()}
 
