@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from kgrec.evaluation.recommendation import evaluate, ndcg_validator
 from kgrec.fusion.models import FusedRecommender, Recommender, TextZeroShot
@@ -184,29 +185,60 @@ def _row_ids(key: str, maps: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+def id_indexed_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the tables with one row per node: the weight of every ``nn.Embedding``
+    and the keys :func:`warm_start` matches row by row (users, products, graph node types)."""
+    keys = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding) and name}
+    return keys | {k for k in model.state_dict() if any(pattern.match(k) for pattern, _ in _ROWS)}
+
+
 def warm_start(
     model: Recommender,
     old_weights: dict[str, torch.Tensor],
     old_maps: dict[str, list[str]],
     new_maps: dict[str, list[str]],
+    *,
+    match_ids: bool = True,
+    skip: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Copy ``old_weights`` into ``model``; id-indexed rows are matched by external id.
+    """Copy ``old_weights`` into ``model`` by name where the shapes fit.
 
-    Returns ``{"copied": n, "rows_copied": n, "rows_fresh": n, "fresh": [keys]}``.
+    Args:
+        match_ids: True (the same catalogue, grown: :func:`continual_update`): id-indexed rows
+            are matched by external id, new users / products keep their fresh rows. False
+            (another catalogue: :mod:`kgrec.workflow.transfer`): id-indexed tables
+            (:func:`id_indexed_keys`) start fresh, and so do buffers (text vectors, counts, node
+            features: rebuilt from the new data, never learned).
+        skip: key prefixes left alone and not reported (e.g. a text tower loaded on its own).
+
+    Returns ``{"copied": n, "rows_copied": n, "rows_fresh": n, "fresh": [keys], "copied_keys": [keys],
+    "rebuilt": [keys], "dropped": [keys]}``: ``fresh`` are the model's keys that kept their
+    initialisation (no old tensor of that name and shape, or an id table of another catalogue),
+    ``rebuilt`` the buffers left to the new data, ``dropped`` old keys the model has no place for.
     """
     state = model.state_dict()
-    copied, rows_copied, rows_fresh, fresh = 0, 0, 0, []
+    buffers = {name for name, _ in model.named_buffers()}
+    id_keys = id_indexed_keys(model)
+    copied, rows_copied, rows_fresh = 0, 0, 0
+    fresh: list[str] = []
+    copied_keys: list[str] = []
+    rebuilt: list[str] = []
     for key, tensor in state.items():
-        old = old_weights.get(key)
-        if key in _REBUILT or old is None:
-            if key not in _REBUILT:
-                fresh.append(key)
+        if key.startswith(skip):
             continue
-        new_ids, old_ids = _row_ids(key, new_maps), _row_ids(key, old_maps)
+        old = old_weights.get(key)
+        if key in _REBUILT or (not match_ids and key in buffers):
+            rebuilt.append(key)
+            continue
+        if old is None or (not match_ids and key in id_keys):
+            fresh.append(key)
+            continue
+        new_ids, old_ids = (_row_ids(key, new_maps), _row_ids(key, old_maps)) if match_ids else (None, None)
         if new_ids is None or old_ids is None:
             if tuple(old.shape) == tuple(tensor.shape):
                 state[key] = old.to(tensor)
                 copied += 1
+                copied_keys.append(key)
             else:
                 fresh.append(key)
             continue
@@ -221,10 +253,13 @@ def warm_start(
             tensor[dst] = old[src].to(tensor)
             state[key] = tensor
         copied += 1
+        copied_keys.append(key)
         rows_copied += len(pairs)
         rows_fresh += len(new_ids) - len(pairs)
     model.load_state_dict(state)
-    return {"copied": copied, "rows_copied": rows_copied, "rows_fresh": rows_fresh, "fresh": fresh}
+    dropped = sorted(k for k in old_weights if k not in state and not k.startswith(skip))
+    return {"copied": copied, "rows_copied": rows_copied, "rows_fresh": rows_fresh, "fresh": fresh,
+            "copied_keys": copied_keys, "rebuilt": rebuilt, "dropped": dropped}
 
 
 # --------------------------------------------------------------------------- update

@@ -10,7 +10,7 @@ import typer
 from kgrec.cli.app import command, quiet_transformers, show_progress, split_list, tasks_option
 from kgrec.cli.ingest import ProgressBars, print_ingest_report
 from kgrec.cli.output import console, number, print_json, safe, table
-from kgrec.fusion.models import FusedConfig, FusedRecommender
+from kgrec.fusion.models import FusedConfig
 from kgrec.fusion.registry import BPR_TRAINING, MODEL_NAMES, SOFTMAX_TRAINING
 from kgrec.workflow.data import SplitConfig
 from kgrec.workflow.evaluate import SEARCH_BASELINES, EvaluateConfig, Evaluation, evaluate_store
@@ -148,9 +148,15 @@ def demo(
 def train(
     store: str = typer.Option("runs/store", "--store", "-s", help=STORE_HELP),
     out: Path = typer.Option(Path("runs/artifact"), "--out", help="Artifact folder to write."),
-    model: str = typer.Option("fused", help=f"Model to train: {', '.join(MODEL_NAMES)}."),
+    model: str | None = typer.Option(None, help=f"Model to train: {', '.join(MODEL_NAMES)} (default: fused, or the "
+                                                 "--init-from artifact's model)."),
     tasks: str | None = TASKS,
-    text_tuning: str = TEXT_TUNING,
+    text_tuning: str = typer.Option("frozen", "--text-tuning", help="How BERT trains: frozen (cached vectors) | full | lora | "
+                                    "ia3 | prompt. A fine-tuned tower taken over with --init-from keeps its own mode."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start from another catalogue's artifact: its text and "
+                                          "query towers (with a fine-tuned BERT or adapter), gate, user tower and the "
+                                          "relations both graphs share; id embeddings start fresh. Search then needs no "
+                                          "judgements (zero-shot with --epochs 0 or a store without them)."),
     epochs: int | None = typer.Option(None, min=0, help="Maximum epochs (default 8; BPR models 40; 0 = untrained)."),
     lr: float | None = typer.Option(None, min=0.0, help="Learning rate (default 3e-3; BPR models 1e-2)."),
     batch_size: int | None = typer.Option(None, min=1, help="Examples per step (default 2048; BPR models 4096)."),
@@ -169,23 +175,16 @@ def train(
     Under ``torchrun --nproc-per-node N -m kgrec.cli train ...`` the N processes train one model with
     DistributedDataParallel; rank 0 writes the artifact.
     """
-    from kgrec.fusion.registry import spec
-
     quiet_transformers()
-    entry = spec(model)
     wanted = tasks_option(tasks)
-    base = entry.training or SOFTMAX_TRAINING
-    train_config = replace(base, lr=base.lr if lr is None else lr, batch_size=base.batch_size if batch_size is None else batch_size,
-                           patience=base.patience if patience is None else patience)
     fused: FusedConfig | None = None
     if graph_dim is not None:
         fused = replace(fused_config_for(wanted or ("rec",)), graph_dim=graph_dim)
-    fused_family = entry.model_class is FusedRecommender
-    settings = ModelSettings(fused=fused, train=train_config if fused_family else None,
-                             bpr_train=None if fused_family else train_config,
-                             seed=seed, device=device, epochs=epochs, text_tuning=text_tuning)
-    job = TrainJob(model=model, tasks=wanted, settings=settings, text_model=str(text_model) if text_model else None,
-                   cache_dir=str(cache or out.parent / "text-cache"))
+    settings = ModelSettings(fused=fused, seed=seed, device=device, epochs=epochs, lr=lr, batch_size=batch_size,
+                             patience=patience, text_tuning=text_tuning)
+    job = TrainJob(model=model if model is not None or init_from is not None else "fused", tasks=wanted, settings=settings,
+                   text_model=str(text_model) if text_model else None, cache_dir=str(cache or out.parent / "text-cache"),
+                   init_from=str(init_from) if init_from is not None else None)
     with open_store(store) as graph:
         result = train_artifact(graph, job, out, overwrite=overwrite, progress=show_progress(progress) and not as_json,
                                 store_name=str(store), log=None if as_json else console.print)
@@ -208,6 +207,9 @@ def train(
     console.print(f"tasks: {', '.join(result.tasks) or 'none (zero-shot search)'}; lexical weight {serving['lexical_weight']} "
                   f"({safe(serving.get('lexical_weight_source', 'none'))}); {result.metrics['epochs']} epochs "
                   f"(best {result.metrics['best_epoch']}); total {result.seconds:.0f} s")
+    if "init_from" in result.metrics:
+        console.print(f"started from {safe(result.metrics['init_from']['path'])} ({safe(result.metrics['init_from']['model'])}); "
+                      "what was copied and what started fresh: extra.init_from in config.json")
 
 
 def _command(name: str, **flags: object) -> str:

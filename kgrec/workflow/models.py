@@ -8,7 +8,7 @@ artifact (:mod:`kgrec.workflow.train`) both go through it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ class ModelSettings:
             ``full``, ``lora``, ``ia3`` or ``prompt`` (:mod:`kgrec.encoders.tuning`).
         tuned_batch_size: examples per step when BERT trains (its steps cost BERT passes over the
             batch's texts; default 64).
-        seed, device, epochs: applied to every trainer config when set (None = keep).
+        seed, device, epochs, lr, batch_size, patience: applied to the trainer config of the
+            model being trained when set (None = keep the registry's or ``train`` / ``bpr_train``).
         max_search_queries: the search loss learns from at most this many judged train queries,
             a sample seeded by the trainer's seed (None = all, the default); the graph keeps every
             train query.
@@ -59,6 +60,9 @@ class ModelSettings:
     device: str | None = None
     epochs: int | None = None
     max_search_queries: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.text_tuning not in TUNING_MODES:
@@ -71,6 +75,10 @@ class ModelSettings:
             raise WorkflowError(f"epochs must be >= 0, got {self.epochs}")
         if self.max_search_queries is not None and self.max_search_queries < 1:
             raise WorkflowError(f"the most search queries to train on must be >= 1, got {self.max_search_queries}")
+        if self.lr is not None and not self.lr >= 0:
+            raise WorkflowError(f"the learning rate must be >= 0, got {self.lr}")
+        if (self.batch_size is not None and self.batch_size < 1) or (self.patience is not None and self.patience < 1):
+            raise WorkflowError("batch size and patience must be >= 1")
 
     def search_batch(self, tuned: bool) -> int:
         """Judged queries per search step: ``tuned_batch_size`` when BERT trains, else ``search_batch_size``."""
@@ -85,8 +93,9 @@ class ModelSettings:
             base = self.train
         elif entry.model_class is not FusedRecommender and self.bpr_train is not None:
             base = self.bpr_train
-        overrides: dict[str, Any] = {k: v for k, v in (("seed", self.seed), ("device", self.device), ("epochs", self.epochs))
-                                     if v is not None}
+        overrides: dict[str, Any] = {k: v for k, v in (("seed", self.seed), ("device", self.device), ("epochs", self.epochs),
+                                                       ("lr", self.lr), ("batch_size", self.batch_size),
+                                                       ("patience", self.patience)) if v is not None}
         if self.text_tuning != "frozen" and entry.reads_text and entry.model_class is FusedRecommender:
             overrides["batch_size"] = self.tuned_batch_size
         return replace(base, **overrides)
@@ -163,9 +172,28 @@ def model_tasks(name: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t for t in tasks if t in spec(name).tasks)
 
 
+class ModelInit(Protocol):
+    """Starts a model somewhere other than its fresh initialisation (e.g. another catalogue's
+    artifact, :class:`kgrec.workflow.transfer.TransferInit`). :func:`train_model` builds the model
+    with :attr:`config`, gives it :attr:`text_tower`, then calls :meth:`apply` before training."""
+
+    #: the typed model config to build with (None: the default for the tasks).
+    config: Any
+    #: a trained text tower (:class:`~kgrec.encoders.tuning.TunedTextEncoder`) to start from; it
+    #: re-encodes the products and keeps training when the model trains (None: as the settings say).
+    text_tower: TunedTextEncoder | None
+
+    def apply(self, model: Recommender) -> None:
+        """Copy what fits into the freshly built ``model``."""
+        ...
+
+
 def model_inputs(entry: ModelSpec, dataset: Dataset, features: TextFeatures | None, tasks: tuple[str, ...],
-                 text_tuning: str = "frozen") -> ModelInputs:
-    """What ``entry``'s model is built from on ``dataset`` for ``tasks``."""
+                 text_tuning: str = "frozen", text_tower: TunedTextEncoder | None = None) -> ModelInputs:
+    """What ``entry``'s model is built from on ``dataset`` for ``tasks``.
+
+    ``text_tower``: a trained tower to use instead of a fresh one of mode ``text_tuning``; the
+    products' text vectors are then its encodings of the catalogue."""
     snapshot = dataset.snapshot
     if entry.reads_text and features is None:
         raise WorkflowError(f"model {entry.name!r} reads product text: encode it first")
@@ -174,12 +202,17 @@ def model_inputs(entry: ModelSpec, dataset: Dataset, features: TextFeatures | No
         extra["query_dim"] = features.dim
     if features is not None and entry.reads_graph and QUERY_NODE_TYPE in snapshot.id_maps:
         extra["node_features"] = {QUERY_NODE_TYPE: features.query_nodes}
-    if text_tuning != "frozen" and entry.reads_text and entry.model_class is FusedRecommender:
+    products = features.products if entry.reads_text and features is not None else None
+    tuned = entry.reads_text and entry.model_class is FusedRecommender
+    if tuned and text_tower is not None:
+        extra["text_tower"] = text_tower
+        extra["product_texts"] = list(snapshot.product_text)
+        products = text_tower.encode(extra["product_texts"])
+    elif tuned and text_tuning != "frozen":
         assert features is not None
         extra["text_tower"] = TunedTextEncoder(features.encoder, TextTuningConfig(mode=text_tuning))
         extra["product_texts"] = list(snapshot.product_text)
-    return ModelInputs.from_snapshot(snapshot, features.products if entry.reads_text and features is not None else None,
-                                     **extra)
+    return ModelInputs.from_snapshot(snapshot, products, **extra)
 
 
 def train_model(
@@ -190,9 +223,13 @@ def train_model(
     settings: ModelSettings,
     progress: bool = False,
     search: SearchSupervision | None = None,
+    init: ModelInit | None = None,
 ) -> TrainedModel:
     """Build model ``name`` and train it on the ``tasks`` it supports, early-stopping on their
     validation NDCG@10 (mean over the tasks); the best weights (possibly the untrained start) are kept.
+
+    ``init`` starts the model from something else than a fresh initialisation (its config, text
+    tower and weights; e.g. another catalogue's artifact); with 0 epochs the model is what it made.
 
     Args:
         search: search examples to train and validate on instead of the dataset's judged queries
@@ -206,12 +243,17 @@ def train_model(
     if not tasks:
         raise WorkflowError(f"model {name!r} is trained for {sorted(entry.tasks)}, and the data supports none of those here")
     train_config = settings.train_config(entry)
-    fused = settings.fused if settings.fused is not None else fused_config_for(tasks)
+    config = settings.fused if settings.fused is not None else fused_config_for(tasks)
+    if init is not None and init.config is not None:
+        config = init.config
     torch.manual_seed(train_config.seed if train_config is not None else (settings.seed or 0))
-    model = build_model(name, model_inputs(entry, dataset, features, tasks, settings.text_tuning), fused)
+    start_tower = init.text_tower if init is not None else None
+    model = build_model(name, model_inputs(entry, dataset, features, tasks, settings.text_tuning, start_tower), config)
     tower = getattr(model, "text_tower", None)
-    if isinstance(model, FusedRecommender) and tower is not None and settings.text_tuning == "prompt":
+    if isinstance(model, FusedRecommender) and tower is not None and start_tower is None and settings.text_tuning == "prompt":
         model.refresh_text()  # virtual tokens change even the untrained tower's vectors
+    if init is not None:
+        init.apply(model)
     max_history = train_config.max_history if train_config is not None else 50
     supervised = tuple(t for t in tasks if dataset.why_not(t) is None or (t == "search" and search is not None))
     if train_config is None or train_config.epochs == 0 or not supervised:
