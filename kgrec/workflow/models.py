@@ -18,8 +18,10 @@ from kgrec.evaluation.recommendation import ndcg_validator
 from kgrec.evaluation.search import search_validator
 from kgrec.fusion.data import SearchBatch
 from kgrec.fusion.models import FusedConfig, FusedRecommender, ModelInputs, Recommender
+from kgrec.fusion.models.fused import GRAPH_ENCODERS, kg_edge_types
 from kgrec.fusion.registry import MODELS, ModelSpec, build_model, spec
 from kgrec.fusion.train import SearchTask, TrainConfig, TrainHistory, Validator, fit
+from kgrec.kg.export import GraphSnapshot
 from kgrec.kg.judgements import QUERY_NODE_TYPE
 from kgrec.search.examples import judged_examples
 from kgrec.workflow.data import Dataset
@@ -44,6 +46,9 @@ class ModelSettings:
             batch's texts; default 64).
         seed, device, epochs, lr, batch_size, patience: applied to the trainer config of the
             model being trained when set (None = keep the registry's or ``train`` / ``bpr_train``).
+        graph_encoder: the fused family's GNN, set into its config like ``seed`` into the trainer's:
+            ``"sage"``, ``"rgcn"`` or ``"auto"`` (the default: :func:`graph_encoder_for` the data,
+            the relational ``"rgcn"`` when the graph carries knowledge-graph relations, else ``"sage"``).
         max_search_queries: the search loss learns from at most this many judged train queries,
             a sample seeded by the trainer's seed (None = all, the default); the graph keeps every
             train query.
@@ -60,6 +65,7 @@ class ModelSettings:
     device: str | None = None
     epochs: int | None = None
     max_search_queries: int | None = None
+    graph_encoder: str = "auto"
     lr: float | None = None
     batch_size: int | None = None
     patience: int | None = None
@@ -75,6 +81,8 @@ class ModelSettings:
             raise WorkflowError(f"epochs must be >= 0, got {self.epochs}")
         if self.max_search_queries is not None and self.max_search_queries < 1:
             raise WorkflowError(f"the most search queries to train on must be >= 1, got {self.max_search_queries}")
+        if self.graph_encoder not in ("auto", *GRAPH_ENCODERS):
+            raise WorkflowError(f"the graph encoder must be auto, {' or '.join(GRAPH_ENCODERS)}, got {self.graph_encoder!r}")
         if self.lr is not None and not self.lr >= 0:
             raise WorkflowError(f"the learning rate must be >= 0, got {self.lr}")
         if (self.batch_size is not None and self.batch_size < 1) or (self.patience is not None and self.patience < 1):
@@ -114,6 +122,13 @@ def fused_config_for(tasks: tuple[str, ...]) -> FusedConfig:
     if "search" in tasks:
         return FusedConfig(catalogue_loss=1.0)
     return FusedConfig()
+
+
+def graph_encoder_for(snapshot: GraphSnapshot) -> str:
+    """``"rgcn"`` when ``snapshot``'s catalogue structure holds knowledge-graph relations (edge types
+    that are not interactions, judgements or the static schema's catalogue relations,
+    :func:`~kgrec.fusion.models.fused.kg_edge_types`), else ``"sage"``."""
+    return "rgcn" if kg_edge_types(snapshot.structure) else "sage"
 
 
 def search_examples(dataset: Dataset, features: TextFeatures, split: str, max_history: int = 1,
@@ -246,6 +261,9 @@ def train_model(
     config = settings.fused if settings.fused is not None else fused_config_for(tasks)
     if init is not None and init.config is not None:
         config = init.config
+    elif isinstance(config, FusedConfig):
+        chosen = settings.graph_encoder if settings.graph_encoder != "auto" else graph_encoder_for(dataset.snapshot)
+        config = replace(config, graph_encoder=chosen)
     torch.manual_seed(train_config.seed if train_config is not None else (settings.seed or 0))
     start_tower = init.text_tower if init is not None else None
     model = build_model(name, model_inputs(entry, dataset, features, tasks, settings.text_tuning, start_tower), config)

@@ -99,6 +99,8 @@ def test_train_writes_one_artifact_for_those_tasks(run):
     assert payload["tasks"] == run["tasks"] and payload["model"] == "fused"
     scorer = Scorer.load(run["artifact"])
     assert scorer.serving_settings["tasks"] == run["tasks"]
+    # the relational GNN where the graph holds KG triples (--graph-encoder auto), SAGE elsewhere
+    assert scorer.model.config.graph_encoder == ("rgcn" if run["kind"] == "interactions + kg" else "sage")
     if "search" in run["tasks"]:
         # the weight chosen on the validation queries is saved, and the same choice as evaluate's hybrid
         hybrid = next(r for r in run["results"]["search"] if r["model"] == "fused + bm25")

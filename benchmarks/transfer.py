@@ -1,0 +1,573 @@
+"""Knowledge that travels: does a scorer trained on one catalogue start another one better, and with less data?
+
+Usage (repository root, kgrec's venv; Home Depot and ml-100k from ../shared/data, never committed)::
+
+    nice -n 10 python benchmarks/transfer.py --workdir /tmp/kgrec-transfer-bench
+
+Every model goes through the workflow's own path (:func:`kgrec.workflow.models.train_model`, with
+:class:`kgrec.workflow.transfer.TransferInit` for the transferred rows: the code behind
+``kgrec train --init-from``). In one run, per target catalogue, on one split, the same test queries /
+users for every row:
+
+* **search**, Home Depot judgements <-> Amazon-Scientific category-path queries. Rows: BM25, the
+  untrained MiniLM (cosine), the fused search model from scratch on 10% / 100% of the target's train
+  queries, and the other catalogue's search artifact zero-shot (no judgement of the target at all: no
+  query nodes, nothing trained) and fine-tuned on 10% / 100%. Metrics: NDCG@10 / MRR@10 over the whole
+  catalogue (graded gains), and on Home Depot also re-ranking each query's judged pool.
+* **recommendation**, Amazon-Scientific <-> ml-100k (with its Freebase KG). Rows: popularity, the
+  untrained MiniLM (a user is the recency-weighted mean of their history's text vectors), the fused
+  model from scratch on 10% / 100% of the target's train interactions, and the other catalogue's
+  artifact zero-shot (the user is the transferred user tower over the history's transferred product
+  vectors) and fine-tuned on 10% / 100%. Full ranking, seen items excluded, leave-one-out.
+* **multi-catalogue pre-training**: one model trained on Home Depot and Amazon-Scientific together
+  (one store, one graph: Home Depot's judged queries for search, Amazon's interactions for
+  recommendation) transferred to the held-out catalogue ml-100k, beside the Amazon-only and the Home
+  Depot-only sources.
+* **the zero-shot BM25 weight**: hybrid curves of the zero-shot scorers on each search catalogue's
+  validation queries; the weight with the best worst case (relative to no BM25) is the fallback of a
+  search artifact that has no judgements (``kgrec.workflow.train.FALLBACK_LEXICAL_WEIGHT``).
+
+The Amazon-Scientific judged search set (HEM's queries, Ai et al. 2017, as in
+``benchmarks/personal_search.py``): every purchase in ``data/amazon-scientific/interactions.csv`` is a
+query, ``query_id = "<user_id>/<order>"``, text = the purchased product's category path without its
+root level (:func:`kgrec.search.examples.category_query`), the purchased product judged relevant
+(grade 1); purchases of products without a category are left out. Unlike HEM the query carries no user
+and the user's history is not excluded (anonymous search), and the split is the workflow's
+query-disjoint hash split (80/10/10 of the queries), not leave-one-out.
+
+Fractions: "10%" keeps the train queries / train interactions a seeded draw selects (queries by a
+hash of their id, interactions uniformly); valid and test are the same for every row, and for
+recommendation every model is tested on the full data's histories and graph (what serving sees).
+Paired tests (:func:`kgrec.evaluation.significance.paired_test`) compare rows on the same test
+queries / users. Writes ``benchmarks/results/transfer.json`` and prints the markdown table.
+
+CPU budget: MiniLM encodes each catalogue once into ``WORKDIR/text-cache``; source artifacts, stores
+and each row's per-example results are kept in the workdir, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Where the shared data sets live (read, never copied into the repository).
+SHARED = ROOT.parent / "shared" / "data"
+FRACTIONS = (0.1, 1.0)
+
+
+@dataclass
+class Caps:
+    """What bounds the CPU time (recorded in the JSON)."""
+
+    search_epochs: int = 4
+    rec_epochs: int = 4
+    multi_epochs: int = 4
+    patience: int = 2
+    search_batch_size: int = 512
+    bootstrap: int = 2000
+    seed: int = 0
+    device: str = "cpu"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_stores(work: Path, amazon: Path, homedepot: Path | None, ml100k: Path | None) -> dict[str, Path]:
+    """Ingest every catalogue into an embedded store under ``work/stores`` (once)."""
+    from kgrec.ingest.homedepot import convert_homedepot
+    from kgrec.search.examples import category_query
+    from kgrec.workflow.ingest import ingest_files
+
+    stores: dict[str, Path] = {}
+
+    def ingest(name: str, paths: list[Path]) -> None:
+        target = work / "stores" / name
+        if not (target / ".ingested").is_file():
+            outcome = ingest_files([str(p) for p in paths], str(target))
+            if outcome.report.errors:
+                raise SystemExit(f"{name}: ingest rejected rows ({outcome.report.errors}); see {target}/_ingest")
+            (target / ".ingested").write_text("ok\n")
+        stores[name] = target
+
+    tables = work / "tables"
+    search_tables = tables / "amazon-search"
+    if not (search_tables / "judgements.csv").is_file():
+        search_tables.mkdir(parents=True, exist_ok=True)
+        products = pd.read_json(amazon / "products.jsonl", lines=True, dtype={"product_id": str})
+        inter = pd.read_csv(amazon / "interactions.csv", dtype={"user_id": str, "product_id": str})
+        query = dict(zip(products["product_id"], (category_query(p if isinstance(p, list) else []) for p in products["category_path"])))
+        judged = pd.DataFrame({"query_id": inter["user_id"] + "/" + inter["order"].astype(str),
+                               "query": inter["product_id"].map(query).fillna(""), "product_id": inter["product_id"], "label": 1.0})
+        judged[judged["query"] != ""].to_csv(search_tables / "judgements.csv", index=False)
+        products.to_json(search_tables / "products.jsonl", orient="records", lines=True)
+    ingest("amazon-search", [search_tables])
+    ingest("amazon-rec", [amazon])
+    if homedepot is not None:
+        if not (tables / "homedepot" / "judgements.csv").is_file():
+            convert_homedepot(homedepot / "train.csv.zip", tables / "homedepot")
+        ingest("homedepot", [tables / "homedepot"])
+        ingest("multi", [tables / "homedepot", amazon])
+    if ml100k is not None:
+        ingest("ml-100k", [ml100k])
+    return stores
+
+
+def search_fraction(dataset, fraction: float, seed: int):
+    """``dataset`` with a ``fraction`` of its train queries (a seeded hash of the query id; 0 = no
+    judgements at all: no query nodes either). Valid and test queries stay."""
+    from kgrec.kg.judgements import QUERY_EDGE_TYPE, QUERY_NODE_TYPE, query_disjoint_split, with_query_nodes
+
+    if fraction >= 1.0:
+        return dataset
+    if fraction <= 0.0:
+        snapshot = replace(dataset.snapshot, id_maps={k: v for k, v in dataset.snapshot.id_maps.items() if k != QUERY_NODE_TYPE},
+                           structure={k: v for k, v in dataset.snapshot.structure.items() if k != QUERY_EDGE_TYPE})
+        return replace(dataset, snapshot=snapshot, judgements=dataset.judgements.iloc[0:0], queries=dataset.queries.iloc[0:0])
+    j = dataset.judgements
+    chosen = query_disjoint_split(j["query_id"], (fraction, 0.0, 1.0 - fraction), seed + 101) == "train"
+    judgements = j[(j["split"] != "train") | chosen].reset_index(drop=True)
+    queries = judgements.drop_duplicates("query_id")[["query_id", "query", "split"]].reset_index(drop=True)
+    return replace(dataset, snapshot=with_query_nodes(dataset.snapshot, judgements, dataset.split.min_grade),
+                   judgements=judgements, queries=queries)
+
+
+def rec_fraction(dataset, fraction: float, seed: int):
+    """``dataset`` with a seeded ``fraction`` of its train interactions (valid and test targets stay)."""
+    if fraction >= 1.0:
+        return dataset
+    inter = dataset.snapshot.interactions
+    train = np.flatnonzero((inter["split"] == "train").to_numpy())
+    keep = np.random.default_rng(seed + 202).choice(train, size=int(round(fraction * len(train))), replace=False)
+    mask = (inter["split"] != "train").to_numpy().copy()
+    mask[keep] = True
+    return replace(dataset, snapshot=replace(dataset.snapshot, interactions=inter[mask].reset_index(drop=True)))
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    """One model on one target: mean metrics and the per-example values of the primary metric."""
+
+    name: str
+    kind: str  # baseline | scratch | transfer
+    fraction: float | None = None
+    source: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_example: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    epochs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    """Shared state of one run: the workdir, caps, encoder and cached rows."""
+
+    def __init__(self, work: Path, caps: Caps, log=print) -> None:
+        from kgrec.workflow.features import load_text_encoder
+
+        self.work, self.caps, self.log = work, caps, log
+        self.encoder = load_text_encoder(None)
+        self.cache = work / "text-cache"
+
+    def features(self, dataset):
+        from kgrec.workflow.features import encode_text
+
+        return encode_text(dataset, self.encoder, self.cache)
+
+    def settings(self, epochs: int):
+        from kgrec.fusion.registry import SOFTMAX_TRAINING
+        from kgrec.workflow.models import ModelSettings
+
+        train = replace(SOFTMAX_TRAINING, epochs=epochs, patience=self.caps.patience)
+        return ModelSettings(train=train, seed=self.caps.seed, device=self.caps.device,
+                             search_batch_size=self.caps.search_batch_size)
+
+    def cached(self, part: str, target: str, key: str, compute) -> Row:
+        file = self.work / "rows" / part / target / f"{key}.json"
+        if file.is_file():
+            return Row(**json.loads(file.read_text()))
+        start = time.perf_counter()
+        row = compute()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(asdict(row)))
+        self.log(f"  {part}/{target}: {row.name:<34} {_primary(row):.4f}  ({time.perf_counter() - start:.0f} s)")
+        return row
+
+    def train(self, name: str, dataset, tasks: tuple[str, ...], epochs: int, source: Path | None = None):
+        from kgrec.workflow.models import train_model
+        from kgrec.workflow.transfer import TransferInit, load_source
+
+        features = self.features(dataset)
+        init = TransferInit(load_source(source), self.encoder) if source is not None else None
+        trained = train_model(name, dataset, features, tasks, self.settings(epochs), init=init)
+        return trained, features, init
+
+    def source_artifact(self, label: str, dataset, tasks: tuple[str, ...], epochs: int) -> Path:
+        """Train (once) and save the artifact other catalogues start from."""
+        from kgrec.serving.artifact import save_artifact
+
+        path = self.work / "artifacts" / label
+        if not (path / "config.json").is_file():
+            start = time.perf_counter()
+            trained, features, _ = self.train("fused", dataset, tasks, epochs)
+            save_artifact(trained.model, dataset.snapshot, path, text_encoder=features.encoder,
+                          metrics={"epochs": len(trained.history.losses), "best_epoch": trained.history.best_epoch},
+                          overwrite=True)
+            self.log(f"  source {label}: trained in {time.perf_counter() - start:.0f} s")
+        return path
+
+
+def _primary(row: Row) -> float:
+    return row.metrics.get("ndcg@10", float("nan"))
+
+
+def _search_row(bench: Bench, name: str, kind: str, scores_of, test, fraction=None, source=None, history=None,
+                extra=None, pool: bool = False) -> Row:
+    from kgrec.evaluation.search import search_metrics_per_query
+
+    per = search_metrics_per_query(scores_of, test, ks=(10,), protocol="full")
+    metrics = {m: float(v.float().mean()) for m, v in per.items() if m in ("ndcg@10", "mrr@10", "recall@10")}
+    if pool:
+        rerank = search_metrics_per_query(scores_of, test, ks=(10,), protocol="rerank")
+        metrics["rerank ndcg@10"] = float(rerank["ndcg@10"].float().mean())
+        extra = {**(extra or {}), "rerank_per_example": rerank["ndcg@10"].float().tolist()}
+    return Row(name, kind, fraction, source, metrics, per["ndcg@10"].float().tolist(),
+               round(history.seconds, 1) if history else 0.0, len(history.losses) if history else 0, extra or {})
+
+
+def run_search_target(bench: Bench, target: str, stores: dict[str, Path], source: Path, source_name: str) -> list[Row]:
+    """Every search row on ``target`` (see the module docstring)."""
+    from kgrec.evaluation.search import model_scores
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.search.bm25 import BM25Ranker
+    from kgrec.workflow.data import load_dataset
+    from kgrec.workflow.models import search_examples
+
+    caps = bench.caps
+    dataset = load_dataset(EmbeddedStore(stores[target]))
+    features = bench.features(dataset)
+    test = search_examples(dataset, features, "test")
+    pool = target == "homedepot"
+    rows = [
+        bench.cached("search", target, "bm25", lambda: _search_row(
+            bench, "BM25", "baseline", BM25Ranker(dataset.titles).score_all(list(test.texts or [])), test, pool=pool)),
+        bench.cached("search", target, "minilm", lambda: _search_row(
+            bench, "MiniLM, untrained", "baseline",
+            torch.nn.functional.normalize(test.queries, dim=-1) @ torch.nn.functional.normalize(features.products, dim=-1).T,
+            test, pool=pool)),
+    ]
+
+    def fused(fraction: float, init: Path | None):
+        def compute() -> Row:
+            data = search_fraction(dataset, fraction, caps.seed)
+            epochs = caps.search_epochs if fraction > 0 else 0
+            trained, _, transfer = bench.train("fused", data, ("search",), epochs, init)
+            model = trained.model
+            model.set_graph(data.snapshot.message_passing("test"))
+            label = (f"{source_name} -> {target}, " if init else "from scratch, ") + (
+                "zero-shot" if fraction == 0 else f"{fraction:.0%} of the target's train queries")
+            extra = {"train_queries": int((data.queries["split"] == "train").sum())}
+            if transfer is not None:
+                extra["copied"], extra["fresh"] = len(transfer.report["copied"]), len(transfer.report["fresh"])
+            return _search_row(bench, label, "transfer" if init else "scratch", model_scores(model), test, fraction,
+                               source_name if init else None, trained.history, extra, pool)
+        return compute
+
+    for fraction in FRACTIONS:
+        rows.append(bench.cached("search", target, f"scratch-{fraction:g}", fused(fraction, None)))
+    for fraction in (0.0, *FRACTIONS):
+        rows.append(bench.cached("search", target, f"transfer-{fraction:g}", fused(fraction, source)))
+    return rows
+
+
+def rec_row(bench: Bench, name: str, kind: str, model, full, fraction=None, source=None, history=None, extra=None) -> Row:
+    from kgrec.evaluation.recommendation import evaluate
+
+    result = evaluate(model, full.snapshot, "test", (10, 20), 50)
+    metrics = {m: float(v) for m, v in result.metrics.items() if m in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")}
+    return Row(name, kind, fraction, source, metrics, result.per_user["ndcg@10"].float().tolist(),
+               round(history.seconds, 1) if history else 0.0, len(history.losses) if history else 0, extra or {})
+
+
+def run_rec_target(bench: Bench, target: str, stores: dict[str, Path], sources: dict[str, Path], part: str = "rec",
+                   fractions: tuple[float, ...] = (0.0, *FRACTIONS), baselines: bool = True) -> list[Row]:
+    """The recommendation rows on ``target``: baselines, from scratch, and from each of ``sources``."""
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.workflow.data import load_dataset
+
+    caps = bench.caps
+    dataset = load_dataset(EmbeddedStore(stores[target]))
+    rows: list[Row] = []
+    if baselines:
+        for key, name in (("popularity", "popularity"), ("minilm", "MiniLM, untrained")):
+            model_name = "popularity" if key == "popularity" else "text-zero-shot"
+
+            def baseline(model_name=model_name, name=name) -> Row:
+                trained, _, _ = bench.train(model_name, dataset, ("rec",), 0)
+                return rec_row(bench, name, "baseline", trained.model, dataset)
+
+            rows.append(bench.cached(part, target, key, baseline))
+
+    def fused(fraction: float, label: str | None, init: Path | None):
+        def compute() -> Row:
+            data = rec_fraction(dataset, fraction, caps.seed) if fraction > 0 else dataset  # zero-shot serves the full data
+            epochs = caps.rec_epochs if fraction > 0 else 0
+            trained, _, transfer = bench.train("fused", data, ("rec",), epochs, init)
+            name = (f"{label} -> {target}, " if init else "from scratch, ") + (
+                "zero-shot" if fraction == 0 else f"{fraction:.0%} of the target's train interactions")
+            extra = {"train_interactions": int((data.snapshot.interactions["split"] == "train").sum())}
+            if transfer is not None:
+                extra["copied"], extra["fresh"] = len(transfer.report["copied"]), len(transfer.report["fresh"])
+            return rec_row(bench, name, "transfer" if init else "scratch", trained.model, dataset, fraction,
+                           label if init else None, trained.history, extra)
+        return compute
+
+    if baselines:
+        for fraction in FRACTIONS:
+            rows.append(bench.cached(part, target, f"scratch-{fraction:g}", fused(fraction, None, None)))
+    for label, path in sources.items():
+        for fraction in fractions:
+            rows.append(bench.cached(part, target, f"{label}-{fraction:g}", fused(fraction, label, path)))
+    return rows
+
+
+# --------------------------------------------------------------------------- lexical weight
+
+
+def lexical_curves(bench: Bench, target: str, stores: dict[str, Path], sources: dict[str, Path]) -> dict[str, dict[str, dict]]:
+    """Validation NDCG@10 of each zero-shot scorer mixed with BM25 over the weight grid (full catalogue; on
+    Home Depot also the judged pool), and the test values at every weight."""
+    from kgrec.evaluation.search import evaluate_search, model_scores
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.search.bm25 import BM25Ranker
+    from kgrec.search.hybrid import DEFAULT_GRID, mix
+    from kgrec.workflow.data import load_dataset
+    from kgrec.workflow.models import search_examples
+
+    file = bench.work / "rows" / "lexical" / f"{target}.json"
+    if file.is_file():
+        return json.loads(file.read_text())
+    dataset = load_dataset(EmbeddedStore(stores[target]))
+    features = bench.features(dataset)
+    batches = {s: search_examples(dataset, features, s) for s in ("valid", "test")}
+    bm25 = BM25Ranker(dataset.titles)
+    scorers = {"MiniLM, untrained": lambda b: torch.nn.functional.normalize(b.queries, dim=-1)
+               @ torch.nn.functional.normalize(features.products, dim=-1).T}
+    for label, path in sources.items():
+        trained, _, _ = bench.train("fused", search_fraction(dataset, 0.0, 0), ("search",), 0, path)
+        trained.model.set_graph(search_fraction(dataset, 0.0, 0).snapshot.message_passing("test"))
+        scorers[f"{label} zero-shot"] = model_scores(trained.model)
+    protocols = ("full", "rerank") if target == "homedepot" else ("full",)
+    out: dict[str, dict[str, dict]] = {}
+    for name, scores_of in scorers.items():
+        for split, batch in batches.items():
+            dense, lexical = scores_of(batch).float(), bm25.score_all(list(batch.texts or [])).float()
+            for protocol in protocols:
+                curve = {str(w): evaluate_search(mix(dense, lexical, w), batch, ks=(10,), protocol=protocol)["ndcg@10"]
+                         for w in DEFAULT_GRID}
+                out.setdefault(f"{target} | {name} | {protocol}", {})[split] = curve
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(out))
+    return out
+
+
+def safest_weight(curves: dict[str, dict[str, dict]]) -> tuple[float, dict[str, float]]:
+    """The grid weight whose worst relative change against no BM25 (validation, over every case) is best;
+    ties go to the smaller weight. Returns it and that worst case per weight."""
+    weights = sorted(float(w) for w in next(iter(curves.values()))["valid"])
+    worst = {}
+    for w in weights:
+        worst[w] = min((c["valid"][str(w)] - c["valid"]["0.0"]) / c["valid"]["0.0"] for c in curves.values() if c["valid"]["0.0"] > 0)
+    best = max(worst, key=lambda w: (round(worst[w], 6), -w))
+    return best, worst
+
+
+# --------------------------------------------------------------------------- report
+
+
+def compare(a: Row, b: Row, caps: Caps) -> dict[str, float]:
+    from kgrec.evaluation.significance import paired_test
+
+    test = paired_test(a.per_example, b.per_example, n_boot=caps.bootstrap, seed=caps.seed)
+    return {"diff": test.diff, "relative": test.relative, "p": test.p_bootstrap, "ci": [test.ci_low, test.ci_high], "n": test.n}
+
+
+def annotate(rows: list[Row], caps: Caps) -> list[dict[str, Any]]:
+    """Each row as a dict with paired tests against the untrained MiniLM, the from-scratch model on 100%
+    and the from-scratch model on the same fraction, and its ratio to the 100% from-scratch model."""
+    by_name = {r.name: r for r in rows}
+    minilm = by_name.get("MiniLM, untrained")
+    scratch = {r.fraction: r for r in rows if r.kind == "scratch"}
+    out = []
+    for row in rows:
+        item = {k: v for k, v in asdict(row).items() if k != "per_example"}
+        item["extra"] = {k: v for k, v in row.extra.items() if not k.endswith("_per_example")}
+        if row.kind != "baseline" and minilm is not None:
+            item["vs_minilm"] = compare(row, minilm, caps)
+            if "rerank_per_example" in row.extra and "rerank_per_example" in minilm.extra:
+                pool = compare(Row(row.name, row.kind, per_example=row.extra["rerank_per_example"]),
+                               Row(minilm.name, minilm.kind, per_example=minilm.extra["rerank_per_example"]), caps)
+                item["vs_minilm_rerank"] = pool
+        full = scratch.get(1.0)
+        if full is not None and row is not full and row.kind != "baseline":
+            item["vs_scratch_100"] = compare(row, full, caps)
+            item["ratio_to_scratch_100"] = _primary(row) / _primary(full) if _primary(full) else None
+        same = scratch.get(row.fraction)
+        if row.kind == "transfer" and same is not None:
+            item["vs_scratch_same_fraction"] = compare(row, same, caps)
+        out.append(item)
+    return out
+
+
+def _p(comp: dict | None) -> str:
+    if not comp:
+        return ""
+    return f"{100 * comp['relative']:+.1f}% (p={comp['p']:.2g})"
+
+
+def markdown(section: str, target: str, rows: list[dict], metric_names: tuple[str, ...]) -> str:
+    head = "| " + " | ".join(["model", *metric_names, "vs MiniLM", "vs scratch 100%", "of scratch 100%", "epochs", "train s"]) + " |"
+    unit, one = ("queries", "query") if section == "search" else ("users", "user")
+    lines = [f"**{section}: {target}** (test {unit}; paired tests on ndcg@10 per {one})", "",
+             head, "|" + "---|" * (len(metric_names) + 6)]
+    for r in rows:
+        ratio = r.get("ratio_to_scratch_100")
+        lines.append("| " + " | ".join([r["name"], *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in metric_names),
+                                        _p(r.get("vs_minilm")), _p(r.get("vs_scratch_100")),
+                                        f"{100 * ratio:.0f}%" if ratio is not None else "", str(r["epochs"] or ""),
+                                        f"{r['train_seconds']:.0f}" if r["train_seconds"] else ""]) + " |")
+    return "\n".join(lines)
+
+
+def goals(search: dict[str, list[dict]], rec: dict[str, list[dict]]) -> dict[str, Any]:
+    """The issue's goals, read off the rows."""
+    out: dict[str, Any] = {"zero_shot_above_minilm": {}, "ten_percent_reaches_90_percent": {}}
+    for part, targets in (("search", search), ("rec", rec)):
+        for target, rows in targets.items():
+            for r in rows:
+                if r["kind"] != "transfer":
+                    continue
+                if r["fraction"] == 0.0 and part == "search":
+                    v = r["vs_minilm"]
+                    out["zero_shot_above_minilm"][f"{r['source']} -> {target}"] = {
+                        "met": v["diff"] > 0 and v["p"] < 0.05, "relative": v["relative"], "p": v["p"]}
+                if r["fraction"] == 0.1:
+                    out["ten_percent_reaches_90_percent"][f"{part}: {r['source']} -> {target}"] = {
+                        "met": (r.get("ratio_to_scratch_100") or 0) >= 0.9, "ratio": r.get("ratio_to_scratch_100")}
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "kgrec-transfer-bench",
+                        help="stores, text cache, source artifacts and per-row results (outside the repository; reused)")
+    parser.add_argument("--amazon", type=Path, default=ROOT / "data" / "amazon-scientific")
+    parser.add_argument("--homedepot", type=Path, default=SHARED / "homedepot-search")
+    parser.add_argument("--ml100k", type=Path, default=SHARED / "ml-100k-kg")
+    parser.add_argument("--parts", default="search,rec,multi", help="comma-separated: search, rec, multi")
+    parser.add_argument("--search-epochs", type=int, default=Caps.search_epochs)
+    parser.add_argument("--rec-epochs", type=int, default=Caps.rec_epochs)
+    parser.add_argument("--multi-epochs", type=int, default=Caps.multi_epochs)
+    parser.add_argument("--bootstrap", type=int, default=Caps.bootstrap)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from kgrec.kg.embedded import EmbeddedStore
+    from kgrec.workflow.data import load_dataset
+
+    start = time.perf_counter()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    caps = Caps(search_epochs=args.search_epochs, rec_epochs=args.rec_epochs, multi_epochs=args.multi_epochs,
+                bootstrap=args.bootstrap, seed=args.seed, device=args.device)
+    homedepot = args.homedepot if (args.homedepot / "train.csv.zip").is_file() else None
+    ml100k = args.ml100k if (args.ml100k / "ml-100k.inter").is_file() else None
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    stores = prepare_stores(args.workdir, args.amazon, homedepot, ml100k)
+    bench = Bench(args.workdir, caps)
+    data = {name: {"products": load_dataset(EmbeddedStore(path)).snapshot.num_products} for name, path in stores.items()}
+
+    def dataset(name: str):
+        return load_dataset(EmbeddedStore(stores[name]))
+
+    search: dict[str, list[dict]] = {}
+    rec: dict[str, list[dict]] = {}
+    multi: dict[str, list[dict]] = {}
+    tables: list[str] = []
+    lexical: dict[str, Any] = {}
+    if "search" in parts and homedepot is not None:
+        sources = {"homedepot": bench.source_artifact("search-homedepot", dataset("homedepot"), ("search",), caps.search_epochs),
+                   "amazon": bench.source_artifact("search-amazon", dataset("amazon-search"), ("search",), caps.search_epochs)}
+        for target, store, other in (("amazon", "amazon-search", "homedepot"), ("homedepot", "homedepot", "amazon")):
+            bench.log(f"search -> {target}")
+            rows = run_search_target(bench, store, stores, sources[other], other)
+            search[target] = annotate(rows, caps)
+            metrics = ("ndcg@10", "mrr@10", "rerank ndcg@10") if target == "homedepot" else ("ndcg@10", "mrr@10")
+            tables.append(markdown("search", target, search[target], metrics))
+        curves: dict[str, dict] = {}
+        for store, other in (("amazon-search", "homedepot"), ("homedepot", "amazon")):
+            curves.update(lexical_curves(bench, store, stores, {other: sources[other]}))
+        weight, worst = safest_weight(curves)
+        lexical = {"grid_worst_relative_change_valid": worst, "chosen": weight, "curves": curves,
+                   "rule": "the grid weight whose worst relative change in validation NDCG@10 against no BM25, over every "
+                           "(catalogue, zero-shot scorer, protocol), is best; ties to the smaller weight"}
+    if "rec" in parts and ml100k is not None:
+        sources = {"amazon": bench.source_artifact("rec-amazon", dataset("amazon-rec"), ("rec",), caps.rec_epochs),
+                   "ml-100k": bench.source_artifact("rec-ml-100k", dataset("ml-100k"), ("rec",), caps.rec_epochs)}
+        for target, store, other in (("ml-100k", "ml-100k", "amazon"), ("amazon", "amazon-rec", "ml-100k")):
+            bench.log(f"rec -> {target}")
+            rows = run_rec_target(bench, store, stores, {other: sources[other]})
+            rec[target] = annotate(rows, caps)
+            tables.append(markdown("recommendation", target, rec[target], ("ndcg@10", "recall@10")))
+    if "multi" in parts and ml100k is not None and homedepot is not None:
+        sources = {"homedepot + amazon": bench.source_artifact("multi", dataset("multi"), ("rec", "search"), caps.multi_epochs),
+                   "amazon": bench.source_artifact("rec-amazon", dataset("amazon-rec"), ("rec",), caps.rec_epochs),
+                   "homedepot": bench.source_artifact("search-homedepot", dataset("homedepot"), ("search",), caps.search_epochs)}
+        bench.log("multi-catalogue -> ml-100k")
+        rows = run_rec_target(bench, "ml-100k", stores, sources, part="rec", fractions=(0.0, 0.1), baselines=True)
+        annotated = annotate(rows, caps)
+        by = {r.name: r for r in rows}
+        for item in annotated:
+            if item["source"] == "homedepot + amazon":
+                for other in ("amazon", "homedepot"):
+                    twin = by.get(item["name"].replace("homedepot + amazon ->", f"{other} ->"))
+                    if twin is not None:
+                        item[f"vs_{other}_only"] = compare(by[item["name"]], twin, caps)
+        multi["ml-100k"] = annotated
+        tables.append(markdown("multi-catalogue pre-training, recommendation", "ml-100k", annotated, ("ndcg@10", "recall@10")))
+
+    table = "\n\n".join(tables)
+    print(table)
+    payload = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python benchmarks/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "caps": asdict(caps),
+        "data": data, "search": search, "rec": rec, "multi": multi, "lexical_weight": lexical,
+        "goals": goals(search, rec), "table": table, "seconds": round(time.perf_counter() - start, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2, default=float))
+    print(f"wrote {args.out} ({payload['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
