@@ -179,7 +179,4 @@ class SampledFusedLoss:
         targets = torch.searchsorted(cand, batch.targets.to(device))
         user = model._users(RecBatch(local_users, history, targets), products, user_nodes)
         logits = F.normalize(user, dim=-1) @ F.normalize(products, dim=-1).T
-        text_users = model._history_text_users(batch.history.to(device))
-        if text_users is not None:  # the text score over the candidates' raw text
-            logits = logits + model.text_score_weight * (text_users @ model.text[cand].T)
         return F.cross_entropy(logits / cfg.temperature, targets)

@@ -102,12 +102,14 @@ class FusedConfig:
         graph_dropout: in training, the share of products whose graph branch (and degree) is
             zeroed, as if they had no graph evidence: the text branch learns to rank them alone
             (default 0.0).
-        text_score: the recommendation score adds this weight (learned from here) times the
-            untrained text score, the cosine between the recency-weighted mean of the history's
-            raw text vectors and the product's raw text vector (what :class:`TextZeroShot` ranks
-            by), over ``temperature``: a text-anchored residual the trained towers cannot bend,
-            which keeps products similar in text to the history in reach whatever their graph
-            evidence. Requires ``use_text``. Default 0.0: off.
+        text_prior: at scoring time only (eval mode: ``score``, ``score_all``, serving), the
+            recommendation score adds this weight times the untrained text score, the cosine
+            between the recency-weighted mean of the history's raw text vectors and the product's
+            raw text vector (what :class:`TextZeroShot` ranks by), over ``temperature``. Training
+            never sees it, so the towers cannot learn to cancel it: it keeps products whose text
+            resembles the history in reach whatever their graph evidence (cold products). The
+            workflow chooses it on the validation users after training
+            (:func:`kgrec.workflow.models.choose_text_prior`). Requires ``use_text``. Default 0.0: off.
         text_only_below: products with fewer than this many interaction and judgement edges in
             the message-passing graph are their text alone, with no graph vector, in training and
             in scoring. A product's ID embedding that a handful of interactions trained as a
@@ -147,7 +149,7 @@ class FusedConfig:
     degree_gate: bool = True
     graph_dropout: float = 0.0
     text_only_below: int = 0
-    text_score: float = 0.0
+    text_prior: float = 0.0
     user_tower: str = "recency"
     tower_dim: int = 64
     tower_layers: int = 2
@@ -160,8 +162,8 @@ class FusedConfig:
             raise ValueError(f"graph_encoder must be one of {GRAPH_ENCODERS}, got {self.graph_encoder!r}")
         if self.user_tower not in USER_TOWERS:
             raise ValueError(f"user_tower must be one of {USER_TOWERS}, got {self.user_tower!r}")
-        if self.text_score < 0 or (self.text_score > 0 and not self.use_text):
-            raise ValueError(f"text_score must be >= 0 and needs use_text, got {self.text_score} (use_text={self.use_text})")
+        if not 0 <= self.text_prior < float("inf") or (self.text_prior > 0 and not self.use_text):
+            raise ValueError(f"text_prior must be finite, >= 0 and needs use_text, got {self.text_prior} (use_text={self.use_text})")
         if self.text_only_below < 0:
             raise ValueError(f"text_only_below must be >= 0, got {self.text_only_below}")
         if not 0 <= self.graph_dropout < 1:
@@ -194,15 +196,15 @@ class FusedRecommender(Recommender):
     a causal transformer over the ordered history, plus (``user_graph``) a projection of
     the user's own vector from the GNN.
 
-    Score: the cosine of user and product over ``temperature``, plus (``text_score``) a
-    learned weight times the untrained text cosine of history and product. The loss is
+    Score: the cosine of user and product over ``temperature``, plus, at scoring time only
+    (``text_prior``), a fixed weight times the untrained text cosine of history and product. The loss is
     the softmax cross-entropy over all products (one target per example, or every
     position of a sequence with ``sequence_training``).
 
     Initialisation keeps the text signal: adapters, graph projections into the
     user, the transformer's output and the KG relations into products start at zero and
     the gate leans towards text, so an untrained model ranks like :class:`TextZeroShot`
-    (the text score ranks the same way); training moves it from there.
+    (so does the text prior); training moves it from there.
 
     Args:
         num_users, num_products: sizes.
@@ -291,8 +293,6 @@ class FusedRecommender(Recommender):
         age = torch.arange(config.max_history - 1, -1, -1, dtype=torch.float32)
         self.recency = nn.Parameter(age * math.log(config.recency_decay))
         self.user_ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), _zero_linear(d, d))
-        if config.text_score > 0:
-            self.text_score_weight = nn.Parameter(torch.tensor(float(config.text_score)))
         self.tower = None
         if config.user_tower == "transformer":
             self.tower = CausalUserTower(d, config.tower_dim, config.tower_layers, config.tower_heads,
@@ -452,7 +452,7 @@ class FusedRecommender(Recommender):
         return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
 
     def _text_users(self, history: torch.Tensor, text: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Unit text users of :attr:`FusedConfig.text_score`: ``weights`` (``[B, L]`` or ``[B, L, L]``)
+        """Unit text users of :attr:`FusedConfig.text_prior`: ``weights`` (``[B, L]`` or ``[B, L, L]``)
         times the raw text rows of ``history`` (``text`` ``[P, d_text]``, unit)."""
         items = text.index_select(0, history.clamp(min=0).flatten()).view(*history.shape, -1)
         equation = "bl,bld->bd" if weights.dim() == 2 else "bji,bid->bjd"
@@ -463,12 +463,12 @@ class FusedRecommender(Recommender):
         score when ``text_users`` (``[N, d_text]``, unit) are given."""
         logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T
         if text_users is not None:
-            logits = logits + self.text_score_weight * (text_users @ self.text.T)
+            logits = logits + self.config.text_prior * (text_users @ self.text.T)
         return logits / self.config.temperature
 
     def _history_text_users(self, history: torch.Tensor) -> torch.Tensor | None:
         """The text users of the (last ``max_history`` of) ``history`` when the text score is on."""
-        if self.config.text_score <= 0:
+        if self.training or self.config.text_prior <= 0:
             return None
         history = history[:, -self.config.max_history :]
         return self._text_users(history, self.text, self._recency_weights(history))
@@ -519,11 +519,7 @@ class FusedRecommender(Recommender):
             products, user_nodes = self._towers(None)
         users = self._user_sequence(RecBatch(batch.users, history, batch.targets), products, user_nodes)
         users = users.flatten(0, 1).index_select(0, picked)
-        text_users = None
-        if self.config.text_score > 0:
-            text_users = self._text_users(history, self.text, self._sequence_weights(history))
-            text_users = text_users.flatten(0, 1).index_select(0, picked)
-        logits, targets = self._in_batch(self._score(users, products, text_users), targets)
+        logits, targets = self._in_batch(self._score(users, products), targets)
         return F.cross_entropy(logits, targets)
 
     def _logits(self, batch: RecBatch) -> torch.Tensor:
@@ -560,12 +556,11 @@ class FusedRecommender(Recommender):
         edges = self._edges_without(batch)
         products, user_nodes = self._encode(edges, self._fresh_text(torch.cat([batch.targets, recent.flatten()])))
         users = self._users(batch, products, user_nodes)
-        text_users = self._history_text_users(batch.history)
-        logits, targets = self._in_batch(self._score(users, products, text_users), batch.targets)
+        logits, targets = self._in_batch(self._score(users, products), batch.targets)
         loss = F.cross_entropy(logits, targets)
         if self.config.catalogue_loss > 0:
             cached, _ = self._encode(edges)
-            logits = self._score(users, cached, text_users)
+            logits = self._score(users, cached)
             loss = loss + self.config.catalogue_loss * F.cross_entropy(logits, batch.targets)
         return loss
 
@@ -576,7 +571,7 @@ class FusedRecommender(Recommender):
         """``[P, d]`` unit product vectors; with the text score ``[P, d + d_text]``, the raw text
         vectors appended (what ``score_all`` multiplies users ``[û / T, w û_text / T]`` with)."""
         products = F.normalize(self._towers(None)[0], dim=-1)
-        return torch.cat([products, self.text], dim=1) if self.config.text_score > 0 else products
+        return torch.cat([products, self.text], dim=1) if self.config.text_prior > 0 else products
 
     # -- search: the same product tower, a query tower over the same text encoder ----------
 
@@ -693,7 +688,7 @@ class FusedRecommender(Recommender):
         projected GNN vectors, under the current graph."""
         products, user_nodes = self._encode(self.edge_index_dict)
         state = {"products": F.normalize(products, dim=-1)}
-        if self.config.text_score > 0:  # the text score's product side rides along
+        if self.config.text_prior > 0:  # the text score's product side rides along
             state["products"] = torch.cat([state["products"], self.text], dim=1)
         if self.config.use_text:
             state["product_text"] = self.text + self.text_adapter(self.text)
@@ -718,10 +713,10 @@ class FusedRecommender(Recommender):
         d = self.dim
         user = self._users(RecBatch(users, history, batch.targets), vectors[:, :d], user_nodes)
         user = F.normalize(user, dim=-1) / self.config.temperature
-        if self.config.text_score > 0:
+        if self.config.text_prior > 0:
             window = history[:, -self.config.max_history :]
             text_users = self._text_users(window, vectors[:, d:], self._recency_weights(window))
-            user = torch.cat([user, self.text_score_weight * text_users / self.config.temperature], dim=1)
+            user = torch.cat([user, self.config.text_prior * text_users / self.config.temperature], dim=1)
         return user
 
     @torch.no_grad()
@@ -742,7 +737,7 @@ class FusedRecommender(Recommender):
         else:
             fused = next(iter(parts.values()))
         parts["products"] = F.normalize(fused, dim=-1)
-        if self.config.text_score > 0:
+        if self.config.text_prior > 0:
             parts["products"] = torch.cat([parts["products"], F.normalize(text.float(), dim=-1).to(device)], dim=1)
         out = dict(state)
         for key, value in parts.items():
@@ -756,7 +751,7 @@ class FusedRecommender(Recommender):
             raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
         with torch.no_grad():
             query = F.normalize(self.query_vectors(text.to(state["products"].device)), dim=-1)
-        if self.config.text_score > 0:  # search scores the fused part only
+        if self.config.text_prior > 0:  # search scores the fused part only
             query = F.pad(query, (0, state["products"].shape[1] - query.shape[1]))
         return query
 

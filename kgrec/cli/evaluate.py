@@ -24,12 +24,27 @@ DEVICE = typer.Option("auto", help="auto | cpu | cuda")
 TEXT_TUNING = typer.Option("frozen", "--text-tuning", help="How BERT trains: frozen (cached vectors) | full | lora | ia3 | prompt.")
 GRAPH_ENCODER = typer.Option("auto", "--graph-encoder", help="The fused family's GNN: sage | rgcn | auto (rgcn when the "
                              "graph holds knowledge-graph triples, else sage).")
+TEXT_PRIOR = typer.Option("auto", "--text-prior", help="Weight of the untrained text score added to the fused family's "
+                          "recommendation scores: auto (chosen on the validation users) or a number (0 = off).")
 TASKS = typer.Option(None, "--tasks", help="rec | search | rec,search | auto (default: what the store holds).")
 MODELS_HELP = f"Comma-separated models (default: all that fit the tasks): {', '.join([*MODEL_NAMES, *SEARCH_BASELINES])}."
 
 
+def text_prior_option(value: str) -> float | None:
+    """``--text-prior``: None for ``auto``, else a finite number >= 0."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not 0 <= weight < float("inf"):
+        raise typer.BadParameter(f"must be auto or a finite number >= 0, got {value!r}", param_hint="--text-prior")
+    return weight
+
+
 def _settings(quick: bool, epochs: int | None, bpr_epochs: int | None, device: str, seed: int, text_tuning: str,
-              graph_encoder: str = "auto") -> ModelSettings:
+              graph_encoder: str = "auto", text_prior: str = "auto") -> ModelSettings:
     train, bpr = replace(SOFTMAX_TRAINING), replace(BPR_TRAINING)
     if quick:
         train, bpr = replace(train, epochs=2), replace(bpr, epochs=10)
@@ -38,7 +53,7 @@ def _settings(quick: bool, epochs: int | None, bpr_epochs: int | None, device: s
     if bpr_epochs is not None:
         bpr = replace(bpr, epochs=bpr_epochs)
     return ModelSettings(train=train, bpr_train=bpr, seed=seed, device=device, text_tuning=text_tuning,
-                         graph_encoder=graph_encoder)
+                         graph_encoder=graph_encoder, text_prior=text_prior_option(text_prior))
 
 
 def print_evaluation(evaluation: Evaluation) -> None:
@@ -80,6 +95,7 @@ def evaluate(
     text_model: Path | None = TEXT_MODEL,
     text_tuning: str = TEXT_TUNING,
     graph_encoder: str = GRAPH_ENCODER,
+    text_prior: str = TEXT_PRIOR,
     cache: Path | None = typer.Option(None, help="Text-vector cache folder (default: OUT/text-cache)."),
     device: str = DEVICE,
     seed: int = typer.Option(0, help="Training seed; also seeds the bootstrap and sampled negatives."),
@@ -104,7 +120,7 @@ def evaluate(
     quiet_transformers()
     config = EvaluateConfig(
         models=tuple(split_list(models, "--models")) or None, tasks=tasks_option(tasks),
-        settings=_settings(quick, epochs, bpr_epochs, device, seed, text_tuning, graph_encoder),
+        settings=_settings(quick, epochs, bpr_epochs, device, seed, text_tuning, graph_encoder, text_prior),
         split=SplitConfig(protocol=protocol, temporal_quantile=temporal_quantile), sampled_negatives=sampled, hybrid=hybrid,
         reference=reference, bootstrap=bootstrap, text_model=str(text_model) if text_model else None,
         cache_dir=str(cache or out / "text-cache"))
@@ -168,6 +184,7 @@ def train(
     patience: int | None = typer.Option(None, min=1, help="Early-stopping patience in epochs (default 2)."),
     graph_dim: int | None = typer.Option(None, min=1, help="Graph encoder size (default 64)."),
     graph_encoder: str = GRAPH_ENCODER,
+    text_prior: str = TEXT_PRIOR,
     text_model: Path | None = TEXT_MODEL,
     cache: Path | None = typer.Option(None, help="Text-vector cache folder (default: OUT/../text-cache)."),
     device: str = DEVICE,
@@ -187,7 +204,8 @@ def train(
     if graph_dim is not None:
         fused = replace(fused_config_for(wanted or ("rec",)), graph_dim=graph_dim)
     settings = ModelSettings(fused=fused, seed=seed, device=device, epochs=epochs, lr=lr, batch_size=batch_size,
-                             patience=patience, text_tuning=text_tuning, graph_encoder=graph_encoder)
+                             patience=patience, text_tuning=text_tuning, graph_encoder=graph_encoder,
+                             text_prior=text_prior_option(text_prior))
     job = TrainJob(model=model if model is not None or init_from is not None else "fused", tasks=wanted, settings=settings,
                    text_model=str(text_model) if text_model else None, cache_dir=str(cache or out.parent / "text-cache"),
                    init_from=str(init_from) if init_from is not None else None)

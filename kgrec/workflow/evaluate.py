@@ -319,7 +319,9 @@ def evaluate_store(
                 train_seconds=round(history.seconds, 1), epochs=len(history.losses), best_epoch=history.best_epoch,
                 parameters=parameters,
                 config={"model": model.config_dict(), "train": asdict(train_cfg) if train_cfg else None,
-                        "tasks": list(trained.tasks), "text_tuning": mode}))
+                        "tasks": list(trained.tasks), "text_tuning": mode,
+                        **({"text_prior_valid_curve": {str(w): v for w, v in trained.text_prior_curve.items()}}
+                           if trained.text_prior_curve else {})}))
             if config.sampled_negatives:
                 sampled[name] = evaluate_sampled(model, snapshot, "test", config.sampled_negatives, ks=(1, 5, 10), seed=seed,
                                                  max_history=max_history)

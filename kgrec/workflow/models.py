@@ -46,6 +46,9 @@ class ModelSettings:
             batch's texts; default 64).
         seed, device, epochs, lr, batch_size, patience: applied to the trainer config of the
             model being trained when set (None = keep the registry's or ``train`` / ``bpr_train``).
+        text_prior: the fused family's text prior (:attr:`~kgrec.fusion.models.FusedConfig.text_prior`):
+            None (the default) chooses it on the validation users after training
+            (:func:`choose_text_prior`), a number sets it, 0 turns it off.
         graph_encoder: the fused family's GNN, set into its config like ``seed`` into the trainer's:
             ``"sage"``, ``"rgcn"`` or ``"auto"`` (the default: :func:`graph_encoder_for` the data,
             the relational ``"rgcn"`` when the graph carries knowledge-graph relations, else ``"sage"``).
@@ -66,6 +69,7 @@ class ModelSettings:
     epochs: int | None = None
     max_search_queries: int | None = None
     graph_encoder: str = "auto"
+    text_prior: float | None = None
     lr: float | None = None
     batch_size: int | None = None
     patience: int | None = None
@@ -83,6 +87,8 @@ class ModelSettings:
             raise WorkflowError(f"the most search queries to train on must be >= 1, got {self.max_search_queries}")
         if self.graph_encoder not in ("auto", *GRAPH_ENCODERS):
             raise WorkflowError(f"the graph encoder must be auto, {' or '.join(GRAPH_ENCODERS)}, got {self.graph_encoder!r}")
+        if self.text_prior is not None and not 0 <= self.text_prior < float("inf"):
+            raise WorkflowError(f"the text prior must be a finite number >= 0, got {self.text_prior}")
         if self.lr is not None and not self.lr >= 0:
             raise WorkflowError(f"the learning rate must be >= 0, got {self.lr}")
         if (self.batch_size is not None and self.batch_size < 1) or (self.patience is not None and self.patience < 1):
@@ -122,6 +128,24 @@ def fused_config_for(tasks: tuple[str, ...]) -> FusedConfig:
     if "search" in tasks:
         return FusedConfig(catalogue_loss=1.0)
     return FusedConfig()
+
+
+#: Text-prior weights :func:`choose_text_prior` tries.
+TEXT_PRIOR_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+
+
+def choose_text_prior(model: FusedRecommender, validator: Validator,
+                      grid: tuple[float, ...] = TEXT_PRIOR_GRID) -> tuple[float, dict[float, float]]:
+    """Set ``model``'s :attr:`~kgrec.fusion.models.FusedConfig.text_prior` to the weight of ``grid``
+    with the best ``validator`` score (the smaller weight on a tie; 0 = off competes) and return
+    it with the curve (weight -> score). The prior changes scores only, so the trained weights stay."""
+    curve: dict[float, float] = {}
+    for weight in grid:
+        model.config = replace(model.config, text_prior=float(weight))
+        curve[float(weight)] = float(validator(model))
+    best = max(curve, key=lambda w: (curve[w], -w))
+    model.config = replace(model.config, text_prior=best)
+    return best, curve
 
 
 def graph_encoder_for(snapshot: GraphSnapshot) -> str:
@@ -176,6 +200,14 @@ class TrainedModel:
     history: TrainHistory
     train_config: TrainConfig | None
     validators: dict[str, Validator] = field(default_factory=dict, repr=False)
+    #: validation NDCG@10 per text-prior weight tried (:func:`choose_text_prior`; empty when not chosen)
+    text_prior_curve: dict[float, float] = field(default_factory=dict)
+
+    @property
+    def text_prior(self) -> float | None:
+        """The text-prior weight chosen on validation (None when none was chosen)."""
+        curve = self.text_prior_curve
+        return max(curve, key=lambda w: (curve[w], -w)) if curve else None
 
     @property
     def trainable_parameters(self) -> int:
@@ -293,7 +325,13 @@ def train_model(
     history = fit(model, dataset.snapshot, train_config, progress=progress, search=task, validators=validators,
                   rec="rec" in supervised)
     model.eval()
-    return TrainedModel(name, model, tasks, history, train_config, validators)
+    curve: dict[float, float] = {}
+    if isinstance(model, FusedRecommender) and model.config.use_text and "rec" in validators:
+        if settings.text_prior is None:
+            _, curve = choose_text_prior(model, validators["rec"])
+        else:
+            model.config = replace(model.config, text_prior=float(settings.text_prior))
+    return TrainedModel(name, model, tasks, history, train_config, validators, curve)
 
 
 #: Names of the registered models, for help texts.

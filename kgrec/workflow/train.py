@@ -179,6 +179,9 @@ def train_artifact(
     serving: dict[str, Any] = {"tasks": list(tasks) + (["search"] if zero_shot_search else []), "lexical_weight": 0.0}
     if "rec" in tasks:
         metrics["rec"] = {s: evaluate(model, dataset.snapshot, s, (10, 20), max_history).metrics for s in ("valid", "test")}
+    if trained.text_prior_curve:
+        serving.update(text_prior=trained.text_prior, text_prior_source="validation",
+                       text_prior_valid_curve={str(w): v for w, v in trained.text_prior_curve.items()})
     if entry.searches and features is not None:
         model.set_graph(dataset.snapshot.message_passing("test"))
         if "search" in tasks:

@@ -15,7 +15,7 @@ from kgrec.fusion.train import TrainConfig, fit
 
 VARIANTS = {
     "transformer": {"user_tower": "transformer"},
-    "text-score": {"text_score": 0.25, "text_only_below": 2},
+    "text-prior": {"text_prior": 0.25, "text_only_below": 2},
     "rgcn": {"graph_encoder": "rgcn", "gnn_bases": 2},
     "sequences": {"user_tower": "transformer", "sequence_training": True},
     "recency-sequences": {"sequence_training": True},
@@ -239,21 +239,30 @@ def test_tuned_tower_loss_is_in_batch_plus_the_catalogue_term_on_cached_text(tin
         FusedConfig(tuned_history=-1)
 
 
-def test_text_score_adds_the_untrained_text_cosine(tiny_snapshot, text_features):
-    model = _model(tiny_snapshot, text_features, text_score=0.3).eval()
-    without = _model(tiny_snapshot, text_features).eval()
-    without.load_state_dict({k: v for k, v in model.state_dict().items() if k != "text_score_weight"})
+def test_text_prior_adds_the_untrained_text_cosine_at_scoring_only(tiny_snapshot, text_features):
+    model = _model(tiny_snapshot, text_features).eval()
     batch = training_examples(tiny_snapshot, 5)[:6]
     with torch.no_grad():
+        without = model.score_all(batch)
+        loss_without = float(model.train().loss(batch))
+        model.config = FusedConfig(**{**model.config.__dict__, "text_prior": 0.3})
+        assert float(model.loss(batch)) == pytest.approx(loss_without)  # training never sees the prior
+        model.eval()
         history = batch.history
         weights = torch.softmax(model.recency[-5:].unsqueeze(0).masked_fill(history < 0, float("-inf")), dim=1)
         raw = F.normalize(text_features, dim=-1)
         text_user = F.normalize((weights.unsqueeze(-1) * raw[history.clamp(min=0)]).sum(1), dim=-1)
-        want = without.score_all(batch) + model.text_score_weight * (text_user @ raw.T) / 0.05
+        want = without + 0.3 * (text_user @ raw.T) / 0.05
         assert torch.allclose(model.score_all(batch), want, atol=1e-4)
-        # search scores the fused part only: the query is padded with zeros over the text part
+        # serving: users and products carry the text part, so one dot product gives the same scores
         state = model.serving_state()
+        users = model.serving_users(state, batch)
+        assert torch.allclose(users @ state["products"].T, want, atol=1e-4)
+        # search scores the fused part only: the query is padded with zeros over the text part
         query = model.serving_query(state, torch.randn(2, 16))
         assert query.shape == (2, state["products"].shape[1]) and torch.equal(query[:, model.dim :], torch.zeros(2, 16))
-    with pytest.raises(ValueError, match="text_score"):
-        FusedConfig(text_score=0.5, use_text=False)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="text_prior"):
+            FusedConfig(text_prior=bad)
+    with pytest.raises(ValueError, match="text_prior"):
+        FusedConfig(text_prior=0.5, use_text=False)

@@ -95,6 +95,8 @@ def test_bad_stores_artifacts_and_ingest_options(shop, tmp_path):
     assert "artifact folder not found" in kgrec("similar", "P01", "-a", tmp_path / "missing", code=2).output
     assert "--chunk-mb must be a number" in kgrec("ingest", shop / "data", "--store", tmp_path / "s", "--chunk-mb", "nan",
                                                   code=2).output
+    bad_prior = kgrec("train", "--store", shop / "store", "--out", tmp_path / "p", "--text-prior", "nan", code=2).output
+    assert "--text-prior" in bad_prior and "finite number" in bad_prior
     assert "the graph encoder must be auto, sage or rgcn, got 'gat'" in kgrec(
         "train", "--store", shop / "store", "--out", tmp_path / "g", "--graph-encoder", "gat", code=2).output
     (tmp_path / "bad.yaml").write_text("ingest:\n  dangling: [1,\n")

@@ -109,6 +109,12 @@ def test_train_writes_one_artifact_for_those_tasks(run):
         assert 0 <= payload["search"]["test"]["ndcg@10"] <= 1
     if "rec" in run["tasks"]:
         assert 0 <= payload["rec"]["test"]["ndcg@10"] <= 1
+        # the text prior is chosen on the validation users, saved, and the model scores with it
+        curve = {float(w): v for w, v in payload["serving"]["text_prior_valid_curve"].items()}
+        assert payload["serving"]["text_prior_source"] == "validation" and 0.0 in curve
+        assert payload["serving"]["text_prior"] == max(curve, key=lambda w: (curve[w], -w))
+        assert scorer.model.config.text_prior == payload["serving"]["text_prior"]
+        assert payload["rec"]["valid"]["ndcg@10"] == pytest.approx(max(curve.values()), abs=1e-6)
 
 
 def test_the_artifact_serves(run):
