@@ -4,6 +4,7 @@ Usage (from the repository root, with kgrec's virtual env active)::
 
     python benchmarks/recbole_peers.py runs/demo/results.json            # kgrec numbers + peers
     python benchmarks/recbole_peers.py --setup-only                      # only build the peers' venv
+    python benchmarks/recbole_peers.py runs/demo/results.json --stored   # against the committed peers, no RecBole run
     python benchmarks/recbole_peers.py runs/demo/results.json --models BPR,LightGCN \\
         --epochs BPR=300,LightGCN=150,SASRec=8 --jobs 2
 
@@ -437,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="reuse peers already trained in --work (their own recorded settings go into peers.json)")
     ap.add_argument("--setup-only", action="store_true", help="build the venv and apply the fixes, then stop")
+    ap.add_argument("--stored", action="store_true",
+                    help="compare the kgrec run with the peers committed in benchmarks/results (peers.json and "
+                         "peers_per_user.csv.gz: same split and protocol) instead of training them; paired tests "
+                         "from the run's per_user.parquet; writes --out (default benchmarks/results/peers_vs_run.json)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -445,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker, args.work, epochs, args.stopping_step, args.threads, args.seed, args.eval_step, args.device)
         return 0
 
+    if args.stored:
+        return stored_comparison(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in PEERS]
     if unknown:
@@ -559,6 +566,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {args.out} and {per_user_path}")
     bad = [m for m in models if checks[m]["test"]["total"]]
     return 1 if bad else 0
+
+
+def stored_comparison(args: argparse.Namespace) -> int:
+    """The kgrec run of ``args.kgrec_results`` beside the committed peers, with paired tests."""
+    import pandas as pd
+
+    if args.kgrec_results is None:
+        raise SystemExit("--stored needs a kgrec results JSON (e.g. runs/demo/results.json)")
+    stored = json.loads(DEFAULT_OUT.read_text())
+    per_user = pd.read_csv(DEFAULT_OUT.parent / "peers_per_user.csv.gz", dtype={"user_id": str, "target": str})
+    peers = {m: {"per_user": {c: frame[c].tolist() for c in ("user_id", "target", "position", "rank", "num_candidates")}}
+             for m, frame in per_user.groupby("peer", sort=False)}
+    rows = kgrec_rows(args.kgrec_results) + [r for r in stored["rows"] if r["name"].startswith("RecBole ")]
+    table = format_table(rows)
+    print("test split, full ranking over all products, each user's train+valid products excluded")
+    print(table)
+    significance = paired_vs_kgrec(args.kgrec_results.parent / "per_user.parquet", peers)
+    for r in significance:
+        if r["metric"] == "ndcg@10":
+            print(f"{r['reference']} vs {r['peer']} ndcg@10 on {r['users']} users: diff {r['diff']:+.4f} "
+                  f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], p_bootstrap {r['p_bootstrap']:.4f}, Holm {r['p_holm']:.4f}")
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.parent / "peers_vs_run.json"
+    out.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]),
+                               "kgrec_results": str(args.kgrec_results), "peers_from": stored["command"],
+                               "table_markdown": table, "rows": rows, "significance_vs_kgrec": significance}, indent=2))
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+#!/bin/bash
+# The README's "Your own data" walk-throughs, each step through the CLI alone, from the repository
+# root with kgrec's venv active: every command's output goes to runs/walk/STEP.txt (stderr to
+# STEP.err), ending with its exit status and wall time. MovieLens-100k is read from
+# ../shared/data/ml-100k-kg (RecBole's atomic files; never committed), the shop from the demo tables.
+set -u
+ML=${ML:-../shared/data/ml-100k-kg}
+W=${W:-runs/walk}
+mkdir -p "$W"
+step() { local name=$1; shift; echo "\$ $*" > "$W/$name.txt"; local s; s=$(date +%s); "$@" >> "$W/$name.txt" 2> "$W/$name.err"; echo "exit $? after $(( $(date +%s) - s )) s" >> "$W/$name.txt"; }
+
+# 1. RecBole atomic files with a knowledge graph (.kg + .link), and the same without those two files
+step ml-ingest kgrec ingest "$ML" --store "$W/ml100k/store" --no-progress
+mkdir -p "$W/ml100k-nokg-files" && cp "$ML"/ml-100k.inter "$ML"/ml-100k.item "$ML"/ml-100k.user "$W/ml100k-nokg-files/"
+step ml-nokg-ingest kgrec ingest "$W/ml100k-nokg-files" --store "$W/ml100k-nokg/store" --no-progress
+step ml-nokg-evaluate kgrec evaluate --store "$W/ml100k-nokg/store" --out "$W/ml100k-nokg/report" --models popularity,lightgcn,text-zero-shot,graph-only,fused --no-progress
+step ml-evaluate kgrec evaluate --store "$W/ml100k/store" --out "$W/ml100k/report" --models popularity,lightgcn,text-zero-shot,graph-only,fused --no-progress
+step ml-train kgrec train --store "$W/ml100k/store" --out "$W/ml100k/artifact" --no-progress
+step ml-recommend kgrec recommend 1 -a "$W/ml100k/artifact" -k 5
+step ml-explain kgrec explain 1 50 -a "$W/ml100k/artifact"
+
+# 2. a shop's CSV exports with its own column names, and a search log with judgements
+step shop-export python docs/examples/shop_export.py "$W/shop-files"
+step shop-ingest kgrec ingest "$W/shop-files" --config docs/examples/shop.toml --store "$W/shop/store" --no-progress
+step shop-evaluate kgrec evaluate --store "$W/shop/store" --out "$W/shop/report" --models popularity,bm25,text-zero-shot,graph-only,fused --no-progress
+step shop-train kgrec train --store "$W/shop/store" --out "$W/shop/artifact" --no-progress
+step shop-search kgrec search "oscilloscope probes" -a "$W/shop/artifact" -k 5
+customer=$(sed -n 2p "$W/shop-files/orders.csv" | cut -d, -f1)
+step shop-recommend kgrec recommend "$customer" -a "$W/shop/artifact" -k 5
