@@ -9,6 +9,9 @@ W=${W:-runs/walk}
 mkdir -p "$W"
 step() { local name=$1; shift; echo "\$ $*" > "$W/$name.txt"; local s; s=$(date +%s); "$@" >> "$W/$name.txt" 2> "$W/$name.err"; echo "exit $? after $(( $(date +%s) - s )) s" >> "$W/$name.txt"; }
 
+# 0. the demo store (made by `kgrec demo`) with the text prior off, for the README's ablation
+step demo-prior0 kgrec evaluate --store runs/demo/store --out "$W/demo-prior0" --models text-zero-shot,graph-only,fused --text-prior 0 --cache runs/demo/text-cache --no-progress
+
 # 1. RecBole atomic files with a knowledge graph (.kg + .link), and the same without those two files
 step ml-ingest kgrec ingest "$ML" --store "$W/ml100k/store" --no-progress
 mkdir -p "$W/ml100k-nokg-files" && cp "$ML"/ml-100k.inter "$ML"/ml-100k.item "$ML"/ml-100k.user "$W/ml100k-nokg-files/"
