@@ -229,7 +229,9 @@ def train(
                             rows))
     serving = result.serving
     console.print(f"tasks: {', '.join(result.tasks) or 'none (zero-shot search)'}; lexical weight {serving['lexical_weight']} "
-                  f"({safe(serving.get('lexical_weight_source', 'none'))}); {result.metrics['epochs']} epochs "
+                  f"({safe(serving.get('lexical_weight_source', 'none'))}); "
+                  + (f"text prior {serving['text_prior']} ({safe(serving['text_prior_source'])}); " if "text_prior" in serving else "")
+                  + f"{result.metrics['epochs']} epochs "
                   f"(best {result.metrics['best_epoch']}); total {result.seconds:.0f} s")
     if "init_from" in result.metrics:
         console.print(f"started from {safe(result.metrics['init_from']['path'])} ({safe(result.metrics['init_from']['model'])}); "
