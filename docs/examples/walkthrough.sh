@@ -30,3 +30,11 @@ step shop-train kgrec train --store "$W/shop/store" --out "$W/shop/artifact" --n
 step shop-search kgrec search "oscilloscope probes" -a "$W/shop/artifact" -k 5
 customer=$(sed -n 2p "$W/shop-files/orders.csv" | cut -d, -f1)
 step shop-recommend kgrec recommend "$customer" -a "$W/shop/artifact" -k 5
+
+# 3. the demo catalogue with its categories and brands as RecBole KG triples instead of product fields
+#    (benchmarks/model_quality.py's converter), for the README's fields-vs-triples comparison
+W2=${W2:-runs/walk2}
+mkdir -p "$W2"
+python -c "import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import model_quality as m; m.scientific_as_recbole(m.DATA['scientific'], Path('$W2/scientific-kg-files'))"
+W=$W2 step sci-kg-ingest kgrec ingest "$W2/scientific-kg-files" --store "$W2/scientific-kg/store" --no-progress
+W=$W2 step sci-kg-evaluate kgrec evaluate --store "$W2/scientific-kg/store" --out "$W2/scientific-kg/report" --models text-zero-shot,graph-only,fused --no-progress
