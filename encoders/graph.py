@@ -23,7 +23,52 @@ from torch_geometric.nn import HeteroConv, LightGCN, RGCNConv, SAGEConv
 EdgeType = tuple[str, str, str]
 
 
-class HeteroGraphEncoder(nn.Module):
+class _NodeInputs(nn.Module):
+    """What both heterogeneous encoders start from: per node type an ID embedding
+    (``std=0.1``) and a linear projection of its input features, ``feature_only`` types
+    starting from the projection alone (arguments as in :class:`HeteroGraphEncoder`)."""
+
+    def __init__(self, num_nodes: dict[str, int], edge_types: list[EdgeType], dim: int,
+                 input_dims: dict[str, int] | None, feature_only: tuple[str, ...] | list[str]) -> None:
+        super().__init__()
+        self.node_types = sorted(num_nodes)
+        self.num_nodes = {t: int(n) for t, n in num_nodes.items()}
+        self.edge_types = [tuple(e) for e in edge_types]
+        self.feature_only = tuple(sorted(feature_only))
+        missing = [t for t in self.feature_only if t not in (input_dims or {})]
+        if missing:
+            raise ValueError(f"feature_only node types {missing} have no input features (input_dims)")
+        self.embedding = nn.ModuleDict(
+            {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
+        )
+        for emb in self.embedding.values():
+            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.1)
+        self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
+
+    def input_vectors(
+        self, features: dict[str, torch.Tensor] | None, n_id: dict[str, torch.Tensor] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Layer-0 vectors per node type (``{type: [N_t, dim]}``, or ``[n_t, dim]`` for the
+        nodes of ``n_id``) and the number of rows per type; arguments as in
+        :meth:`HeteroGraphEncoder.forward`."""
+        device = next(self.parameters()).device
+        if n_id is None:
+            x: dict[str, torch.Tensor] = {t: cast(nn.Embedding, self.embedding[t]).weight for t in self.embedding}
+            sizes = dict(self.num_nodes)
+        else:
+            empty = torch.empty(0, dtype=torch.long, device=device)
+            ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
+            x = {t: self.embedding[t](ids[t]) for t in self.embedding}
+            sizes = {t: int(ids[t].numel()) for t in self.node_types}
+        for t, proj in self.input_proj.items():
+            if features is None or t not in features:
+                raise ValueError(f"node type {t!r} was built with input features; pass them")
+            feats = features[t] if n_id is None else features[t][ids[t].to(features[t].device)]
+            x[t] = proj(feats) if t in self.feature_only else x[t] + proj(feats)
+        return x, sizes
+
+
+class HeteroGraphEncoder(_NodeInputs):
     """Heterogeneous GraphSAGE with learnable node embeddings.
 
     Each node type starts from an ID embedding (``[N_t, dim]``); node types with
@@ -58,20 +103,7 @@ class HeteroGraphEncoder(nn.Module):
         feature_only: tuple[str, ...] | list[str] = (),
         quiet: tuple[EdgeType, ...] | list[EdgeType] = (),
     ) -> None:
-        super().__init__()
-        self.node_types = sorted(num_nodes)
-        self.num_nodes = {t: int(n) for t, n in num_nodes.items()}
-        self.edge_types = [tuple(e) for e in edge_types]
-        self.feature_only = tuple(sorted(feature_only))
-        missing = [t for t in self.feature_only if t not in (input_dims or {})]
-        if missing:
-            raise ValueError(f"feature_only node types {missing} have no input features (input_dims)")
-        self.embedding = nn.ModuleDict(
-            {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
-        )
-        for emb in self.embedding.values():
-            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.1)
-        self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
+        super().__init__(num_nodes, edge_types, dim, input_dims, feature_only)
         self.convs = nn.ModuleList(
             HeteroConv({e: SAGEConv((dim, dim), dim) for e in self.edge_types}, aggr="sum")
             for _ in range(num_layers)
@@ -104,18 +136,7 @@ class HeteroGraphEncoder(nn.Module):
                 with every fanout ``-1`` (and every edge type present, possibly empty), the
                 seeds' rows equal their full-graph rows.
         """
-        device = next(self.parameters()).device
-        if n_id is None:
-            x: dict[str, torch.Tensor] = {t: cast(nn.Embedding, self.embedding[t]).weight for t in self.embedding}
-        else:
-            empty = torch.empty(0, dtype=torch.long, device=device)
-            ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
-            x = {t: self.embedding[t](ids[t]) for t in self.embedding}
-        for t, proj in self.input_proj.items():
-            if features is None or t not in features:
-                raise ValueError(f"node type {t!r} was built with input features; pass them")
-            feats = features[t] if n_id is None else features[t][ids[t].to(features[t].device)]
-            x[t] = proj(feats) if t in self.feature_only else x[t] + proj(feats)
+        x, _ = self.input_vectors(features, n_id)
         layers = [x]
         edges = {e: i for e, i in edge_index_dict.items() if tuple(e) in set(self.edge_types)}
         for i, conv in enumerate(self.convs):
@@ -128,7 +149,7 @@ class HeteroGraphEncoder(nn.Module):
         return {t: torch.stack([layer[t] for layer in layers]).mean(0) for t in self.node_types}
 
 
-class RelationalGraphEncoder(nn.Module):
+class RelationalGraphEncoder(_NodeInputs):
     """R-GCN (Schlichtkrull et al., 2018) with basis decomposition over a heterogeneous graph.
 
     Node types keep their own ID embeddings (and input-feature projections, as in
@@ -161,22 +182,9 @@ class RelationalGraphEncoder(nn.Module):
         num_bases: int | None = 4,
         quiet: tuple[EdgeType, ...] | list[EdgeType] = (),
     ) -> None:
-        super().__init__()
-        self.node_types = sorted(num_nodes)
-        self.num_nodes = {t: int(n) for t, n in num_nodes.items()}
-        self.edge_types = [tuple(e) for e in edge_types]
+        super().__init__(num_nodes, edge_types, dim, input_dims, feature_only)
         self.relations = sorted({e[1] for e in self.edge_types})
         self.relation_id = {r: i for i, r in enumerate(self.relations)}
-        self.feature_only = tuple(sorted(feature_only))
-        missing = [t for t in self.feature_only if t not in (input_dims or {})]
-        if missing:
-            raise ValueError(f"feature_only node types {missing} have no input features (input_dims)")
-        self.embedding = nn.ModuleDict(
-            {t: nn.Embedding(n, dim) for t, n in num_nodes.items() if t not in self.feature_only}
-        )
-        for emb in self.embedding.values():
-            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.1)
-        self.input_proj = nn.ModuleDict({t: nn.Linear(d, dim) for t, d in (input_dims or {}).items()})
         bases = None if num_bases is None else min(int(num_bases), max(len(self.relations), 1))
         self.convs = nn.ModuleList(
             RGCNConv(dim, dim, max(len(self.relations), 1), num_bases=bases, aggr="mean") for _ in range(num_layers)
@@ -197,19 +205,7 @@ class RelationalGraphEncoder(nn.Module):
         """Node representations per type, ``{type: [N_t, dim]}``; arguments as in
         :meth:`HeteroGraphEncoder.forward` (edge types this encoder was not built with are ignored)."""
         device = next(self.parameters()).device
-        if n_id is None:
-            x: dict[str, torch.Tensor] = {t: cast(nn.Embedding, self.embedding[t]).weight for t in self.embedding}
-            sizes = dict(self.num_nodes)
-        else:
-            empty = torch.empty(0, dtype=torch.long, device=device)
-            ids = {t: n_id[t].to(device) if t in n_id else empty for t in self.node_types}
-            x = {t: self.embedding[t](ids[t]) for t in self.embedding}
-            sizes = {t: int(ids[t].numel()) for t in self.node_types}
-        for t, proj in self.input_proj.items():
-            if features is None or t not in features:
-                raise ValueError(f"node type {t!r} was built with input features; pass them")
-            feats = features[t] if n_id is None else features[t][ids[t].to(features[t].device)]
-            x[t] = proj(feats) if t in self.feature_only else x[t] + proj(feats)
+        x, sizes = self.input_vectors(features, n_id)
         offsets, start = {}, 0
         for t in self.node_types:
             offsets[t], start = start, start + sizes[t]

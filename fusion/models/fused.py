@@ -467,7 +467,8 @@ class FusedRecommender(Recommender):
         return logits / self.config.temperature
 
     def _history_text_users(self, history: torch.Tensor) -> torch.Tensor | None:
-        """The text users of the (last ``max_history`` of) ``history`` when the text score is on."""
+        """The text users of the (last ``max_history`` of) ``history`` when the text prior applies
+        (eval mode, ``text_prior > 0``); None otherwise."""
         if self.training or self.config.text_prior <= 0:
             return None
         history = history[:, -self.config.max_history :]
@@ -568,7 +569,7 @@ class FusedRecommender(Recommender):
         return self._logits(batch)
 
     def product_embeddings(self) -> torch.Tensor:
-        """``[P, d]`` unit product vectors; with the text score ``[P, d + d_text]``, the raw text
+        """``[P, d]`` unit product vectors; with the text prior ``[P, d + d_text]``, the raw text
         vectors appended (what ``score_all`` multiplies users ``[û / T, w û_text / T]`` with)."""
         products = F.normalize(self._towers(None)[0], dim=-1)
         return torch.cat([products, self.text], dim=1) if self.config.text_prior > 0 else products
@@ -683,12 +684,12 @@ class FusedRecommender(Recommender):
 
     @torch.no_grad()
     def serving_state(self) -> dict[str, torch.Tensor]:
-        """``products`` (unit fused vectors, with the text score followed by the raw text vectors),
+        """``products`` (unit fused vectors, with the text prior followed by the raw text vectors),
         ``product_text`` (``T``), ``product_graph`` (``G``) and, with ``user_graph``, the users'
         projected GNN vectors, under the current graph."""
         products, user_nodes = self._encode(self.edge_index_dict)
         state = {"products": F.normalize(products, dim=-1)}
-        if self.config.text_prior > 0:  # the text score's product side rides along
+        if self.config.text_prior > 0:  # the text prior's product side rides along
             state["products"] = torch.cat([state["products"], self.text], dim=1)
         if self.config.use_text:
             state["product_text"] = self.text + self.text_adapter(self.text)

@@ -134,6 +134,11 @@ def fused_config_for(tasks: tuple[str, ...]) -> FusedConfig:
 TEXT_PRIOR_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 
 
+def best_text_prior(curve: dict[float, float]) -> float:
+    """The weight of ``curve`` (weight -> validation score) with the best score, the smaller on a tie."""
+    return max(curve, key=lambda w: (curve[w], -w))
+
+
 def choose_text_prior(model: FusedRecommender, validator: Validator,
                       grid: tuple[float, ...] = TEXT_PRIOR_GRID) -> tuple[float, dict[float, float]]:
     """Set ``model``'s :attr:`~kgrec.fusion.models.FusedConfig.text_prior` to the weight of ``grid``
@@ -143,7 +148,7 @@ def choose_text_prior(model: FusedRecommender, validator: Validator,
     for weight in grid:
         model.config = replace(model.config, text_prior=float(weight))
         curve[float(weight)] = float(validator(model))
-    best = max(curve, key=lambda w: (curve[w], -w))
+    best = best_text_prior(curve)
     model.config = replace(model.config, text_prior=best)
     return best, curve
 
@@ -206,8 +211,7 @@ class TrainedModel:
     @property
     def text_prior(self) -> float | None:
         """The text-prior weight chosen on validation (None when none was chosen)."""
-        curve = self.text_prior_curve
-        return max(curve, key=lambda w: (curve[w], -w)) if curve else None
+        return best_text_prior(self.text_prior_curve) if self.text_prior_curve else None
 
     @property
     def trainable_parameters(self) -> int:
