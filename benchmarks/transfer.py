@@ -74,7 +74,7 @@ class Caps:
     rec_epochs: int = 4
     multi_epochs: int = 4
     patience: int = 2
-    search_batch_size: int = 512
+    search_batch_size: int = 2048
     bootstrap: int = 2000
     seed: int = 0
     device: str = "cpu"
@@ -215,8 +215,12 @@ class Bench:
         trained = train_model(name, dataset, features, tasks, self.settings(epochs), init=init)
         return trained, features, init
 
-    def source_artifact(self, label: str, dataset, tasks: tuple[str, ...], epochs: int) -> Path:
-        """Train (once) and save the artifact other catalogues start from."""
+    def source_artifact(self, label: str, dataset, tasks: tuple[str, ...], epochs: int, own_row=None) -> Path:
+        """Train (once) and save the artifact other catalogues start from.
+
+        The source is trained exactly as its own catalogue's from-scratch row on 100% of the data (same
+        data, tasks, epochs and seed), so ``own_row = (part, store, row_of)`` writes that row from the same
+        model instead of training it twice; ``row_of(trained)`` makes the :class:`Row`."""
         from kgrec.serving.artifact import save_artifact
 
         path = self.work / "artifacts" / label
@@ -227,14 +231,42 @@ class Bench:
                           metrics={"epochs": len(trained.history.losses), "best_epoch": trained.history.best_epoch},
                           overwrite=True)
             self.log(f"  source {label}: trained in {time.perf_counter() - start:.0f} s")
+            if own_row is not None:
+                part, store, row_of = own_row
+                self.cached(part, store, "scratch-1", lambda: row_of(trained))
         return path
+
+    def check_manifest(self) -> None:
+        """Refuse a workdir whose rows came from other code or other caps: cached rows and source artifacts
+        would be silently mixed with new ones."""
+        manifest = {"code": _code_version(), "caps": asdict(self.caps)}
+        file = self.work / "manifest.json"
+        if file.is_file():
+            old = json.loads(file.read_text())
+            if old != manifest:
+                raise SystemExit(f"{self.work} holds rows of another code version or caps ({old}); "
+                                 f"pass a fresh --workdir (now: {manifest})")
+        else:
+            file.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _code_version() -> str:
+    """The git commit of the model code (kgrec/, fusion/, encoders/, kg/), with ``+dirty`` for uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "kgrec", "fusion", "encoders", "kg")
+    return commit + ("+dirty" if dirty else "")
 
 
 def _primary(row: Row) -> float:
     return row.metrics.get("ndcg@10", float("nan"))
 
 
-def _search_row(bench: Bench, name: str, kind: str, scores_of, test, fraction=None, source=None, history=None,
+def _search_row(name: str, kind: str, scores_of, test, fraction=None, source=None, history=None,
                 extra=None, pool: bool = False) -> Row:
     from kgrec.evaluation.search import search_metrics_per_query
 
@@ -250,7 +282,6 @@ def _search_row(bench: Bench, name: str, kind: str, scores_of, test, fraction=No
 
 def run_search_target(bench: Bench, target: str, stores: dict[str, Path], source: Path, source_name: str) -> list[Row]:
     """Every search row on ``target`` (see the module docstring)."""
-    from kgrec.evaluation.search import model_scores
     from kgrec.kg.embedded import EmbeddedStore
     from kgrec.search.bm25 import BM25Ranker
     from kgrec.workflow.data import load_dataset
@@ -263,9 +294,9 @@ def run_search_target(bench: Bench, target: str, stores: dict[str, Path], source
     pool = target == "homedepot"
     rows = [
         bench.cached("search", target, "bm25", lambda: _search_row(
-            bench, "BM25", "baseline", BM25Ranker(dataset.titles).score_all(list(test.texts or [])), test, pool=pool)),
+            "BM25", "baseline", BM25Ranker(dataset.titles).score_all(list(test.texts or [])), test, pool=pool)),
         bench.cached("search", target, "minilm", lambda: _search_row(
-            bench, "MiniLM, untrained", "baseline",
+            "MiniLM, untrained", "baseline",
             torch.nn.functional.normalize(test.queries, dim=-1) @ torch.nn.functional.normalize(features.products, dim=-1).T,
             test, pool=pool)),
     ]
@@ -275,15 +306,7 @@ def run_search_target(bench: Bench, target: str, stores: dict[str, Path], source
             data = search_fraction(dataset, fraction, caps.seed)
             epochs = caps.search_epochs if fraction > 0 else 0
             trained, _, transfer = bench.train("fused", data, ("search",), epochs, init)
-            model = trained.model
-            model.set_graph(data.snapshot.message_passing("test"))
-            label = (f"{source_name} -> {target}, " if init else "from scratch, ") + (
-                "zero-shot" if fraction == 0 else f"{fraction:.0%} of the target's train queries")
-            extra = {"train_queries": int((data.queries["split"] == "train").sum())}
-            if transfer is not None:
-                extra["copied"], extra["fresh"] = len(transfer.report["copied"]), len(transfer.report["fresh"])
-            return _search_row(bench, label, "transfer" if init else "scratch", model_scores(model), test, fraction,
-                               source_name if init else None, trained.history, extra, pool)
+            return search_model_row(target, data, test, trained, fraction, source_name if init else None, pool, transfer)
         return compute
 
     for fraction in FRACTIONS:
@@ -293,7 +316,47 @@ def run_search_target(bench: Bench, target: str, stores: dict[str, Path], source
     return rows
 
 
-def rec_row(bench: Bench, name: str, kind: str, model, full, fraction=None, source=None, history=None, extra=None) -> Row:
+def search_model_row(target: str, data, test, trained, fraction: float, source_name: str | None, pool: bool,
+                     transfer=None) -> Row:
+    """The row of a trained fused search model on ``target``'s test queries (its graph: ``data``'s)."""
+    from kgrec.evaluation.search import model_scores
+
+    model = trained.model
+    model.set_graph(data.snapshot.message_passing("test"))
+    label = (f"{source_name} -> {target}, " if source_name else "from scratch, ") + (
+        "zero-shot" if fraction == 0 else f"{fraction:.0%} of the target's train queries")
+    extra = {"train_queries": int((data.queries["split"] == "train").sum())}
+    if transfer is not None:
+        extra["copied"], extra["fresh"] = len(transfer.report["copied"]), len(transfer.report["fresh"])
+    return _search_row(label, "transfer" if source_name else "scratch", model_scores(model), test, fraction,
+                       source_name, trained.history, extra, pool)
+
+
+def search_own_row(bench: Bench, store: str, dataset):
+    """``own_row`` of :meth:`Bench.source_artifact` for a search source: its catalogue's scratch-100% row."""
+    from kgrec.workflow.models import search_examples
+
+    test = search_examples(dataset, bench.features(dataset), "test")
+    return "search", store, lambda trained: search_model_row(store, dataset, test, trained, 1.0, None, store == "homedepot")
+
+
+def rec_model_row(target: str, full, data, trained, fraction: float, source_name: str | None, transfer=None) -> Row:
+    """The row of a trained fused recommender on ``target`` (tested on the full data's histories)."""
+    name = (f"{source_name} -> {target}, " if source_name else "from scratch, ") + (
+        "zero-shot" if fraction == 0 else f"{fraction:.0%} of the target's train interactions")
+    extra = {"train_interactions": int((data.snapshot.interactions["split"] == "train").sum())}
+    if transfer is not None:
+        extra["copied"], extra["fresh"] = len(transfer.report["copied"]), len(transfer.report["fresh"])
+    return rec_row(name, "transfer" if source_name else "scratch", trained.model, full, fraction, source_name,
+                   trained.history, extra)
+
+
+def rec_own_row(store: str, dataset):
+    """``own_row`` of :meth:`Bench.source_artifact` for a recommendation source."""
+    return "rec", store, lambda trained: rec_model_row(store, dataset, dataset, trained, 1.0, None)
+
+
+def rec_row(name: str, kind: str, model, full, fraction=None, source=None, history=None, extra=None) -> Row:
     from kgrec.evaluation.recommendation import evaluate
 
     result = evaluate(model, full.snapshot, "test", (10, 20), 50)
@@ -317,7 +380,7 @@ def run_rec_target(bench: Bench, target: str, stores: dict[str, Path], sources: 
 
             def baseline(model_name=model_name, name=name) -> Row:
                 trained, _, _ = bench.train(model_name, dataset, ("rec",), 0)
-                return rec_row(bench, name, "baseline", trained.model, dataset)
+                return rec_row(name, "baseline", trained.model, dataset)
 
             rows.append(bench.cached(part, target, key, baseline))
 
@@ -326,13 +389,7 @@ def run_rec_target(bench: Bench, target: str, stores: dict[str, Path], sources: 
             data = rec_fraction(dataset, fraction, caps.seed) if fraction > 0 else dataset  # zero-shot serves the full data
             epochs = caps.rec_epochs if fraction > 0 else 0
             trained, _, transfer = bench.train("fused", data, ("rec",), epochs, init)
-            name = (f"{label} -> {target}, " if init else "from scratch, ") + (
-                "zero-shot" if fraction == 0 else f"{fraction:.0%} of the target's train interactions")
-            extra = {"train_interactions": int((data.snapshot.interactions["split"] == "train").sum())}
-            if transfer is not None:
-                extra["copied"], extra["fresh"] = len(transfer.report["copied"]), len(transfer.report["fresh"])
-            return rec_row(bench, name, "transfer" if init else "scratch", trained.model, dataset, fraction,
-                           label if init else None, trained.history, extra)
+            return rec_model_row(target, dataset, data, trained, fraction, label if init else None, transfer)
         return compute
 
     if baselines:
@@ -484,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-epochs", type=int, default=Caps.search_epochs)
     parser.add_argument("--rec-epochs", type=int, default=Caps.rec_epochs)
     parser.add_argument("--multi-epochs", type=int, default=Caps.multi_epochs)
+    parser.add_argument("--search-batch-size", type=int, default=Caps.search_batch_size,
+                        help="judged queries per search training step")
     parser.add_argument("--bootstrap", type=int, default=Caps.bootstrap)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -497,12 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     caps = Caps(search_epochs=args.search_epochs, rec_epochs=args.rec_epochs, multi_epochs=args.multi_epochs,
-                bootstrap=args.bootstrap, seed=args.seed, device=args.device)
+                bootstrap=args.bootstrap, seed=args.seed, device=args.device, search_batch_size=args.search_batch_size)
     homedepot = args.homedepot if (args.homedepot / "train.csv.zip").is_file() else None
     ml100k = args.ml100k if (args.ml100k / "ml-100k.inter").is_file() else None
     args.workdir.mkdir(parents=True, exist_ok=True)
     stores = prepare_stores(args.workdir, args.amazon, homedepot, ml100k)
     bench = Bench(args.workdir, caps)
+    bench.check_manifest()
     data = {name: {"products": load_dataset(EmbeddedStore(path)).snapshot.num_products} for name, path in stores.items()}
 
     def dataset(name: str):
@@ -514,8 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     tables: list[str] = []
     lexical: dict[str, Any] = {}
     if "search" in parts and homedepot is not None:
-        sources = {"homedepot": bench.source_artifact("search-homedepot", dataset("homedepot"), ("search",), caps.search_epochs),
-                   "amazon": bench.source_artifact("search-amazon", dataset("amazon-search"), ("search",), caps.search_epochs)}
+        sources = {}
+        for label, store in (("homedepot", "homedepot"), ("amazon", "amazon-search")):
+            data_of = dataset(store)
+            sources[label] = bench.source_artifact(f"search-{label}", data_of, ("search",), caps.search_epochs,
+                                                   own_row=search_own_row(bench, store, data_of))
         for target, store, other in (("amazon", "amazon-search", "homedepot"), ("homedepot", "homedepot", "amazon")):
             bench.log(f"search -> {target}")
             rows = run_search_target(bench, store, stores, sources[other], other)
@@ -530,8 +593,11 @@ def main(argv: list[str] | None = None) -> int:
                    "rule": "the grid weight whose worst relative change in validation NDCG@10 against no BM25, over every "
                            "(catalogue, zero-shot scorer, protocol), is best; ties to the smaller weight"}
     if "rec" in parts and ml100k is not None:
-        sources = {"amazon": bench.source_artifact("rec-amazon", dataset("amazon-rec"), ("rec",), caps.rec_epochs),
-                   "ml-100k": bench.source_artifact("rec-ml-100k", dataset("ml-100k"), ("rec",), caps.rec_epochs)}
+        sources = {}
+        for label, store in (("amazon", "amazon-rec"), ("ml-100k", "ml-100k")):
+            data_of = dataset(store)
+            sources[label] = bench.source_artifact(f"rec-{label}", data_of, ("rec",), caps.rec_epochs,
+                                                   own_row=rec_own_row(store, data_of))
         for target, store, other in (("ml-100k", "ml-100k", "amazon"), ("amazon", "amazon-rec", "ml-100k")):
             bench.log(f"rec -> {target}")
             rows = run_rec_target(bench, store, stores, {other: sources[other]})
