@@ -68,13 +68,14 @@ FRACTIONS = (0.1, 1.0)
 
 @dataclass
 class Caps:
-    """What bounds the CPU time (recorded in the JSON)."""
+    """What bounds the CPU time (recorded in the JSON). The defaults are ``kgrec train``'s: 8 epochs,
+    patience 2 (``SOFTMAX_TRAINING``), 512 judged queries per search step (``ModelSettings``)."""
 
-    search_epochs: int = 4
-    rec_epochs: int = 4
-    multi_epochs: int = 4
+    search_epochs: int = 8
+    rec_epochs: int = 8
+    multi_epochs: int = 8
     patience: int = 2
-    search_batch_size: int = 2048
+    search_batch_size: int = 512
     bootstrap: int = 2000
     seed: int = 0
     device: str = "cpu"
@@ -162,7 +163,7 @@ class Row:
     """One model on one target: mean metrics and the per-example values of the primary metric."""
 
     name: str
-    kind: str  # baseline | scratch | transfer
+    kind: str  # baseline | scratch | transfer | ablation (a transfer row with one thing changed)
     fraction: float | None = None
     source: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -206,12 +207,13 @@ class Bench:
         self.log(f"  {part}/{target}: {row.name:<34} {_primary(row):.4f}  ({time.perf_counter() - start:.0f} s)")
         return row
 
-    def train(self, name: str, dataset, tasks: tuple[str, ...], epochs: int, source: Path | None = None):
+    def train(self, name: str, dataset, tasks: tuple[str, ...], epochs: int, source: Path | None = None,
+              zero_fresh_ids: bool = True):
         from kgrec.workflow.models import train_model
         from kgrec.workflow.transfer import TransferInit, load_source
 
         features = self.features(dataset)
-        init = TransferInit(load_source(source), self.encoder) if source is not None else None
+        init = TransferInit(load_source(source), self.encoder, zero_fresh_ids) if source is not None else None
         trained = train_model(name, dataset, features, tasks, self.settings(epochs), init=init)
         return trained, features, init
 
@@ -301,18 +303,24 @@ def run_search_target(bench: Bench, target: str, stores: dict[str, Path], source
             test, pool=pool)),
     ]
 
-    def fused(fraction: float, init: Path | None):
+    def fused(fraction: float, init: Path | None, zero_fresh_ids: bool = True):
         def compute() -> Row:
             data = search_fraction(dataset, fraction, caps.seed)
             epochs = caps.search_epochs if fraction > 0 else 0
-            trained, _, transfer = bench.train("fused", data, ("search",), epochs, init)
-            return search_model_row(target, data, test, trained, fraction, source_name if init else None, pool, transfer)
+            trained, _, transfer = bench.train("fused", data, ("search",), epochs, init, zero_fresh_ids)
+            row = search_model_row(target, data, test, trained, fraction, source_name if init else None, pool, transfer)
+            if not zero_fresh_ids:
+                row.name += " (random fresh ids)"
+                row.kind = "ablation"
+            return row
         return compute
 
     for fraction in FRACTIONS:
         rows.append(bench.cached("search", target, f"scratch-{fraction:g}", fused(fraction, None)))
     for fraction in (0.0, *FRACTIONS):
         rows.append(bench.cached("search", target, f"transfer-{fraction:g}", fused(fraction, source)))
+    # why the fresh ids start at zero: the same zero-shot model with a fresh model's random id vectors
+    rows.append(bench.cached("search", target, "transfer-0-random-ids", fused(0.0, source, zero_fresh_ids=False)))
     return rows
 
 
@@ -485,6 +493,9 @@ def annotate(rows: list[Row], caps: Caps) -> list[dict[str, Any]]:
         same = scratch.get(row.fraction)
         if row.kind == "transfer" and same is not None:
             item["vs_scratch_same_fraction"] = compare(row, same, caps)
+        twin = by_name.get(row.name.split(" (")[0]) if row.kind == "ablation" else None
+        if twin is not None:
+            item["vs_transfer_row"] = compare(row, twin, caps)
         out.append(item)
     return out
 

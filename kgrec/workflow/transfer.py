@@ -12,7 +12,7 @@
   when the run trains, keeps training in its own mode.
 
 What is tied to the old catalogue starts fresh: id embeddings (products, users, categories,
-brands, entities, query nodes), buffers (text vectors, node features: rebuilt from the new
+brands, entities, query nodes; at zero, see :func:`zero_fresh_embeddings`), buffers (text vectors, node features: rebuilt from the new
 catalogue), the message functions of relations the new graph does not have, and anything whose
 shape differs. The new artifact records where it came from (``extra["init_from"]``).
 
@@ -119,6 +119,25 @@ def check_text_encoder(source: TransferSource, encoder: TextEncoder | None) -> N
         )
 
 
+def zero_fresh_embeddings(model: torch.nn.Module, fresh: list[str]) -> list[str]:
+    """Set the fresh id-embedding tables of ``model`` (``nn.Embedding`` weights named in ``fresh``) to zero;
+    returns their keys.
+
+    A random id vector is noise that the transferred message functions and graph projection
+    would carry into every product: at zero the transferred graph encoder reads only what the
+    new catalogue gives it (product text, node features, its structure), so before any training
+    the transferred model is the source's towers applied to the new catalogue. Training moves the
+    rows from zero (each row receives its own gradient through the message functions)."""
+    keys = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            key = f"{name}.weight"
+            if isinstance(module, torch.nn.Embedding) and key in fresh:
+                module.weight.zero_()
+                keys.append(key)
+    return keys
+
+
 class TransferInit:
     """A :class:`~kgrec.workflow.models.ModelInit` that starts a model from a :class:`TransferSource`.
 
@@ -126,13 +145,16 @@ class TransferInit:
         source: the artifact to start from.
         encoder: the run's base text encoder (None when the model reads no text); checked against
             the source's (:func:`check_text_encoder`) and the base of its fine-tuned tower.
+        zero_fresh_ids: start the new catalogue's id embeddings at zero (default True,
+            :func:`zero_fresh_embeddings`); False keeps a fresh model's random ones.
 
     After :meth:`apply`, :attr:`report` holds what was copied and what started fresh.
     """
 
-    def __init__(self, source: TransferSource, encoder: TextEncoder | None) -> None:
+    def __init__(self, source: TransferSource, encoder: TextEncoder | None, zero_fresh_ids: bool = True) -> None:
         check_text_encoder(source, encoder)
         self.source = source
+        self.zero_fresh_ids = zero_fresh_ids
         self.config: Any = source.config
         self.text_tower: TunedTextEncoder | None = None
         if source.tower_dir is not None:
@@ -150,9 +172,11 @@ class TransferInit:
         if model.name != self.source.model:
             raise WorkflowError(f"--init-from {self.source.path} holds a {self.source.model!r} model, not {model.name!r}")
         warm = warm_start(model, self.source.weights, self.source.id_maps, {}, match_ids=False, skip=(TOWER_PREFIX,))
+        zeroed = zero_fresh_embeddings(model, warm["fresh"]) if self.zero_fresh_ids else []
         self.report = {
             "copied": warm["copied_keys"],
             "fresh": warm["fresh"],
+            "zeroed": zeroed,
             "rebuilt": warm["rebuilt"],
             "dropped": warm["dropped"],
             "text_tower": (f"{TEXT_TOWER}/ ({self.source.tuning_mode})" if self.text_tower is not None else None),

@@ -105,7 +105,10 @@ def test_parts_tied_to_the_old_catalogue_start_fresh(transferred, source):
     embeddings = [k for k in new if k.startswith("graph.embedding.")]
     assert embeddings and set(embeddings) <= set(fresh)
     assert any("<entity___" in k for k in fresh)  # a relation the source graph does not have
-    for key in fresh:  # exactly what a model built from scratch with the same seed starts with
+    assert set(record["zeroed"]) == set(embeddings)  # id vectors start at zero: no noise through the copied GNN
+    for key in embeddings:
+        assert not new[key].any() and (untouched[key].any() or untouched[key].numel() == 0), key
+    for key in set(fresh) - set(embeddings):  # the rest: what a model built from scratch with the same seed starts with
         assert torch.equal(new[key], untouched[key]), key
     assert not set(fresh) & set(record["copied"])
     assert record["rebuilt"] == ["text"]
