@@ -125,7 +125,8 @@ def build_model(name: str, inputs: ModelInputs, config: Any = None, seed: int | 
         towers = entry.default_config()
         config = replace(config, use_text=towers.use_text, use_graph=towers.use_graph,
                          graph_text_input=config.graph_text_input and towers.use_text,
-                         text_prior=config.text_prior if towers.use_text else 0.0)
+                         text_prior=config.text_prior if towers.use_text else 0.0,
+                         cold_text_prior=config.cold_text_prior if towers.use_text else 0.0)
     model = entry.model_class.build(inputs, config)  # type: ignore[attr-defined]
     model.name = name
     return model

@@ -110,6 +110,14 @@ class FusedConfig:
             resembles the history in reach whatever their graph evidence (cold products). The
             workflow chooses it on the validation users after training
             (:func:`kgrec.workflow.models.choose_text_prior`). Requires ``use_text``. Default 0.0: off.
+        cold_text_prior: at scoring time only, products with fewer than ``cold_below``
+            interaction and judgement edges in the message-passing graph (cold products; every
+            product added at serving time) get this weight of the same untrained text score on
+            top of ``text_prior``: a new-arrivals boost by text. It trades warm targets for cold
+            ones (``benchmarks/cold_frontier.py`` measures the trade); the workflow never
+            chooses it, the user does (``--cold-boost``). Requires ``use_text``. Default 0.0: off.
+        cold_below: the evidence below which ``cold_text_prior`` applies (default 5, the
+            evaluation report's cold threshold).
         text_only_below: products with fewer than this many interaction and judgement edges in
             the message-passing graph are their text alone, with no graph vector, in training and
             in scoring. A product's ID embedding that a handful of interactions trained as a
@@ -150,6 +158,8 @@ class FusedConfig:
     graph_dropout: float = 0.0
     text_only_below: int = 0
     text_prior: float = 0.0
+    cold_text_prior: float = 0.0
+    cold_below: int = 5
     user_tower: str = "recency"
     tower_dim: int = 64
     tower_layers: int = 2
@@ -164,6 +174,11 @@ class FusedConfig:
             raise ValueError(f"user_tower must be one of {USER_TOWERS}, got {self.user_tower!r}")
         if not 0 <= self.text_prior < float("inf") or (self.text_prior > 0 and not self.use_text):
             raise ValueError(f"text_prior must be finite, >= 0 and needs use_text, got {self.text_prior} (use_text={self.use_text})")
+        if not 0 <= self.cold_text_prior < float("inf") or (self.cold_text_prior > 0 and not self.use_text):
+            raise ValueError(f"cold_text_prior must be finite, >= 0 and needs use_text, got {self.cold_text_prior} "
+                             f"(use_text={self.use_text})")
+        if self.cold_below < 1:
+            raise ValueError(f"cold_below must be >= 1, got {self.cold_below}")
         if self.text_only_below < 0:
             raise ValueError(f"text_only_below must be >= 0, got {self.text_only_below}")
         if not 0 <= self.graph_dropout < 1:
@@ -298,6 +313,7 @@ class FusedRecommender(Recommender):
             self.tower = CausalUserTower(d, config.tower_dim, config.tower_layers, config.tower_heads,
                                          config.max_history, config.tower_dropout)
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._evidence: torch.Tensor | None = None  # [P] graph_evidence of the current graph
 
     @classmethod
     def build(cls, inputs: ModelInputs, config: FusedConfig) -> FusedRecommender:
@@ -329,11 +345,30 @@ class FusedRecommender(Recommender):
 
     def set_graph(self, graph: HeteroData) -> None:
         super().set_graph(graph)
-        self._cache = None
+        self._cache = self._evidence = None
 
     def train(self, mode: bool = True) -> FusedRecommender:
-        self._cache = None
+        self._cache = self._evidence = None
         return super().train(mode)
+
+    @property
+    def uses_text_prior(self) -> bool:
+        """True when scores add the untrained text score (``text_prior`` or ``cold_text_prior`` > 0)."""
+        return self.config.text_prior > 0 or self.config.cold_text_prior > 0
+
+    def cold_products(self) -> torch.Tensor:
+        """``[P]`` 1.0 for products with fewer than ``cold_below`` interaction and judgement edges in
+        the current message-passing graph, else 0.0 (the evidence is cached until the graph or the mode changes)."""
+        if self._evidence is None:
+            self._evidence = self.graph_evidence(getattr(self, "edge_index_dict", {}), self.num_products, self.text.device)
+        return (self._evidence < math.log1p(self.config.cold_below)).float()
+
+    def _prior_columns(self, text: torch.Tensor, cold: torch.Tensor) -> torch.Tensor:
+        """The product side of the text prior in a dot-product layout: ``[P, d_text]`` raw text
+        vectors, with ``cold_text_prior`` also ``[P, d_text]`` of them times the cold flag ``cold`` ``[P]``."""
+        if self.config.cold_text_prior > 0:
+            return torch.cat([text, cold.to(text).unsqueeze(1) * text], dim=1)
+        return text
 
     def _encode(self, edges: dict, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(products ``[P, d]``, user graph vectors ``[U, d]`` or None); ``text`` overrides the
@@ -463,13 +498,15 @@ class FusedRecommender(Recommender):
         score when ``text_users`` (``[N, d_text]``, unit) are given."""
         logits = F.normalize(users, dim=-1) @ F.normalize(products, dim=-1).T
         if text_users is not None:
-            logits = logits + self.config.text_prior * (text_users @ self.text.T)
+            text_scores = text_users @ self.text.T
+            weight = self.config.text_prior + self.config.cold_text_prior * self.cold_products().unsqueeze(0)
+            logits = logits + weight * text_scores
         return logits / self.config.temperature
 
     def _history_text_users(self, history: torch.Tensor) -> torch.Tensor | None:
         """The text users of the (last ``max_history`` of) ``history`` when the text prior applies
-        (eval mode, ``text_prior > 0``); None otherwise."""
-        if self.training or self.config.text_prior <= 0:
+        (eval mode, :attr:`uses_text_prior`); None otherwise."""
+        if self.training or not self.uses_text_prior:
             return None
         history = history[:, -self.config.max_history :]
         return self._text_users(history, self.text, self._recency_weights(history))
@@ -569,10 +606,14 @@ class FusedRecommender(Recommender):
         return self._logits(batch)
 
     def product_embeddings(self) -> torch.Tensor:
-        """``[P, d]`` unit product vectors; with the text prior ``[P, d + d_text]``, the raw text
-        vectors appended (what ``score_all`` multiplies users ``[û / T, w û_text / T]`` with)."""
+        """``[P, d]`` unit product vectors; with the text prior the raw text vectors appended
+        (``[P, d + d_text]``, what ``score_all`` multiplies users ``[û / T, w û_text / T]`` with), and
+        with ``cold_text_prior`` also the cold products' text (``[P, d + 2 d_text]``, users
+        ``[..., w_cold û_text / T]``)."""
         products = F.normalize(self._towers(None)[0], dim=-1)
-        return torch.cat([products, self.text], dim=1) if self.config.text_prior > 0 else products
+        if not self.uses_text_prior:
+            return products
+        return torch.cat([products, self._prior_columns(self.text, self.cold_products())], dim=1)
 
     # -- search: the same product tower, a query tower over the same text encoder ----------
 
@@ -689,8 +730,8 @@ class FusedRecommender(Recommender):
         projected GNN vectors, under the current graph."""
         products, user_nodes = self._encode(self.edge_index_dict)
         state = {"products": F.normalize(products, dim=-1)}
-        if self.config.text_prior > 0:  # the text prior's product side rides along
-            state["products"] = torch.cat([state["products"], self.text], dim=1)
+        if self.uses_text_prior:  # the text prior's product side rides along
+            state["products"] = torch.cat([state["products"], self._prior_columns(self.text, self.cold_products())], dim=1)
         if self.config.use_text:
             state["product_text"] = self.text + self.text_adapter(self.text)
         if self.config.use_graph:
@@ -714,10 +755,14 @@ class FusedRecommender(Recommender):
         d = self.dim
         user = self._users(RecBatch(users, history, batch.targets), vectors[:, :d], user_nodes)
         user = F.normalize(user, dim=-1) / self.config.temperature
-        if self.config.text_prior > 0:
+        if self.uses_text_prior:
             window = history[:, -self.config.max_history :]
-            text_users = self._text_users(window, vectors[:, d:], self._recency_weights(window))
-            user = torch.cat([user, self.config.text_prior * text_users / self.config.temperature], dim=1)
+            raw_text = vectors[:, d : d + int(self.text.shape[1])]
+            text_users = self._text_users(window, raw_text, self._recency_weights(window)) / self.config.temperature
+            parts = [user, self.config.text_prior * text_users]
+            if self.config.cold_text_prior > 0:
+                parts.append(self.config.cold_text_prior * text_users)
+            user = torch.cat(parts, dim=1)
         return user
 
     @torch.no_grad()
@@ -738,8 +783,9 @@ class FusedRecommender(Recommender):
         else:
             fused = next(iter(parts.values()))
         parts["products"] = F.normalize(fused, dim=-1)
-        if self.config.text_prior > 0:
-            parts["products"] = torch.cat([parts["products"], F.normalize(text.float(), dim=-1).to(device)], dim=1)
+        if self.uses_text_prior:  # a new product has no graph evidence: it is cold
+            raw = F.normalize(text.float(), dim=-1).to(device)
+            parts["products"] = torch.cat([parts["products"], self._prior_columns(raw, raw.new_ones(raw.shape[0]))], dim=1)
         out = dict(state)
         for key, value in parts.items():
             out[key] = torch.cat([state[key], value])
@@ -752,7 +798,7 @@ class FusedRecommender(Recommender):
             raise NotImplementedError(f"{self.name} has no text tower: it cannot encode a query")
         with torch.no_grad():
             query = F.normalize(self.query_vectors(text.to(state["products"].device)), dim=-1)
-        if self.config.text_prior > 0:  # search scores the fused part only
+        if self.uses_text_prior:  # search scores the fused part only
             query = F.pad(query, (0, state["products"].shape[1] - query.shape[1]))
         return query
 

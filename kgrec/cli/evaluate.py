@@ -26,6 +26,9 @@ GRAPH_ENCODER = typer.Option("auto", "--graph-encoder", help="The fused family's
                              "graph holds knowledge-graph triples, else sage).")
 TEXT_PRIOR = typer.Option("auto", "--text-prior", help="Weight of the untrained text score added to the fused family's "
                           "recommendation scores: auto (chosen on the validation users) or a number (0 = off).")
+COLD_BOOST = typer.Option(0.0, "--cold-boost", min=0.0, help="Extra weight of the untrained text score for cold products "
+                          "(fewer than 5 interactions; new ones at serving): trades warm targets for cold ones, see "
+                          "benchmarks/cold_frontier.py. Default 0 (off).")
 TASKS = typer.Option(None, "--tasks", help="rec | search | rec,search | auto (default: what the store holds).")
 MODELS_HELP = f"Comma-separated models (default: all that fit the tasks): {', '.join([*MODEL_NAMES, *SEARCH_BASELINES])}."
 
@@ -44,7 +47,7 @@ def text_prior_option(value: str) -> float | None:
 
 
 def _settings(quick: bool, epochs: int | None, bpr_epochs: int | None, device: str, seed: int, text_tuning: str,
-              graph_encoder: str = "auto", text_prior: str = "auto") -> ModelSettings:
+              graph_encoder: str = "auto", text_prior: str = "auto", cold_boost: float = 0.0) -> ModelSettings:
     train, bpr = replace(SOFTMAX_TRAINING), replace(BPR_TRAINING)
     if quick:
         train, bpr = replace(train, epochs=2), replace(bpr, epochs=10)
@@ -53,7 +56,7 @@ def _settings(quick: bool, epochs: int | None, bpr_epochs: int | None, device: s
     if bpr_epochs is not None:
         bpr = replace(bpr, epochs=bpr_epochs)
     return ModelSettings(train=train, bpr_train=bpr, seed=seed, device=device, text_tuning=text_tuning,
-                         graph_encoder=graph_encoder, text_prior=text_prior_option(text_prior))
+                         graph_encoder=graph_encoder, text_prior=text_prior_option(text_prior), cold_boost=cold_boost)
 
 
 def print_evaluation(evaluation: Evaluation) -> None:
@@ -96,6 +99,7 @@ def evaluate(
     text_tuning: str = TEXT_TUNING,
     graph_encoder: str = GRAPH_ENCODER,
     text_prior: str = TEXT_PRIOR,
+    cold_boost: float = COLD_BOOST,
     cache: Path | None = typer.Option(None, help="Text-vector cache folder (default: OUT/text-cache)."),
     device: str = DEVICE,
     seed: int = typer.Option(0, help="Training seed; also seeds the bootstrap and sampled negatives."),
@@ -120,7 +124,7 @@ def evaluate(
     quiet_transformers()
     config = EvaluateConfig(
         models=tuple(split_list(models, "--models")) or None, tasks=tasks_option(tasks),
-        settings=_settings(quick, epochs, bpr_epochs, device, seed, text_tuning, graph_encoder, text_prior),
+        settings=_settings(quick, epochs, bpr_epochs, device, seed, text_tuning, graph_encoder, text_prior, cold_boost),
         split=SplitConfig(protocol=protocol, temporal_quantile=temporal_quantile), sampled_negatives=sampled, hybrid=hybrid,
         reference=reference, bootstrap=bootstrap, text_model=str(text_model) if text_model else None,
         cache_dir=str(cache or out / "text-cache"))
@@ -185,6 +189,7 @@ def train(
     graph_dim: int | None = typer.Option(None, min=1, help="Graph encoder size (default 64)."),
     graph_encoder: str = GRAPH_ENCODER,
     text_prior: str = TEXT_PRIOR,
+    cold_boost: float = COLD_BOOST,
     text_model: Path | None = TEXT_MODEL,
     cache: Path | None = typer.Option(None, help="Text-vector cache folder (default: OUT/../text-cache)."),
     device: str = DEVICE,
@@ -205,7 +210,7 @@ def train(
         fused = replace(fused_config_for(wanted or ("rec",)), graph_dim=graph_dim)
     settings = ModelSettings(fused=fused, seed=seed, device=device, epochs=epochs, lr=lr, batch_size=batch_size,
                              patience=patience, text_tuning=text_tuning, graph_encoder=graph_encoder,
-                             text_prior=text_prior_option(text_prior))
+                             text_prior=text_prior_option(text_prior), cold_boost=cold_boost)
     job = TrainJob(model=model if model is not None or init_from is not None else "fused", tasks=wanted, settings=settings,
                    text_model=str(text_model) if text_model else None, cache_dir=str(cache or out.parent / "text-cache"),
                    init_from=str(init_from) if init_from is not None else None)
@@ -231,6 +236,7 @@ def train(
     console.print(f"tasks: {', '.join(result.tasks) or 'none (zero-shot search)'}; lexical weight {serving['lexical_weight']} "
                   f"({safe(serving.get('lexical_weight_source', 'none'))}); "
                   + (f"text prior {serving['text_prior']} ({safe(serving['text_prior_source'])}); " if "text_prior" in serving else "")
+                  + (f"cold boost {serving['cold_boost']}; " if serving.get("cold_boost") else "")
                   + f"{result.metrics['epochs']} epochs "
                   f"(best {result.metrics['best_epoch']}); total {result.seconds:.0f} s")
     if "init_from" in result.metrics:

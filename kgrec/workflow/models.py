@@ -49,6 +49,9 @@ class ModelSettings:
         text_prior: the fused family's text prior (:attr:`~kgrec.fusion.models.FusedConfig.text_prior`):
             None (the default) chooses it on the validation users after training
             (:func:`choose_text_prior`), a number sets it, 0 turns it off.
+        cold_boost: the fused family's :attr:`~kgrec.fusion.models.FusedConfig.cold_text_prior`, set
+            after training and after the text prior is chosen (default 0.0: off; never chosen on
+            validation, whose overall NDCG@10 it trades for cold products).
         graph_encoder: the fused family's GNN, set into its config like ``seed`` into the trainer's:
             ``"sage"``, ``"rgcn"`` or ``"auto"`` (the default: :func:`graph_encoder_for` the data,
             the relational ``"rgcn"`` when the graph carries knowledge-graph relations, else ``"sage"``).
@@ -70,6 +73,7 @@ class ModelSettings:
     max_search_queries: int | None = None
     graph_encoder: str = "auto"
     text_prior: float | None = None
+    cold_boost: float = 0.0
     lr: float | None = None
     batch_size: int | None = None
     patience: int | None = None
@@ -89,6 +93,8 @@ class ModelSettings:
             raise WorkflowError(f"the graph encoder must be auto, {' or '.join(GRAPH_ENCODERS)}, got {self.graph_encoder!r}")
         if self.text_prior is not None and not 0 <= self.text_prior < float("inf"):
             raise WorkflowError(f"the text prior must be a finite number >= 0, got {self.text_prior}")
+        if not 0 <= self.cold_boost < float("inf"):
+            raise WorkflowError(f"the cold boost must be a finite number >= 0, got {self.cold_boost}")
         if self.lr is not None and not self.lr >= 0:
             raise WorkflowError(f"the learning rate must be >= 0, got {self.lr}")
         if (self.batch_size is not None and self.batch_size < 1) or (self.patience is not None and self.patience < 1):
@@ -335,6 +341,8 @@ def train_model(
             _, curve = choose_text_prior(model, validators["rec"])
         else:
             model.config = replace(model.config, text_prior=float(settings.text_prior))
+        # on top of the chosen prior: `--cold-boost X` is then exactly the frontier's row X
+        model.config = replace(model.config, cold_text_prior=float(settings.cold_boost))
     return TrainedModel(name, model, tasks, history, train_config, validators, curve)
 
 

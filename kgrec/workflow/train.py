@@ -182,6 +182,9 @@ def train_artifact(
     if trained.text_prior_curve:
         serving.update(text_prior=trained.text_prior, text_prior_source="validation",
                        text_prior_valid_curve={str(w): v for w, v in trained.text_prior_curve.items()})
+    cold_boost = getattr(getattr(model, "config", None), "cold_text_prior", 0.0)
+    if cold_boost:
+        serving.update(cold_boost=cold_boost, cold_boost_source="--cold-boost")
     if entry.searches and features is not None:
         model.set_graph(dataset.snapshot.message_passing("test"))
         if "search" in tasks:

@@ -16,6 +16,7 @@ from kgrec.fusion.train import TrainConfig, fit
 VARIANTS = {
     "transformer": {"user_tower": "transformer"},
     "text-prior": {"text_prior": 0.25, "text_only_below": 2},
+    "cold-boost": {"text_prior": 0.1, "cold_text_prior": 0.3, "cold_below": 2},
     "rgcn": {"graph_encoder": "rgcn", "gnn_bases": 2},
     "sequences": {"user_tower": "transformer", "sequence_training": True},
     "recency-sequences": {"sequence_training": True},
@@ -264,5 +265,36 @@ def test_text_prior_adds_the_untrained_text_cosine_at_scoring_only(tiny_snapshot
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="text_prior"):
             FusedConfig(text_prior=bad)
+        with pytest.raises(ValueError, match="cold_text_prior"):
+            FusedConfig(cold_text_prior=bad)
     with pytest.raises(ValueError, match="text_prior"):
         FusedConfig(text_prior=0.5, use_text=False)
+
+
+@pytest.mark.parametrize("text_prior", [0.0, 0.2])
+def test_cold_boost_adds_text_only_to_products_with_little_evidence(tiny_snapshot, text_features, text_prior):
+    model = _model(tiny_snapshot, text_features, text_prior=text_prior).eval()
+    batch = training_examples(tiny_snapshot, 5)[:6]
+    visible = tiny_snapshot.message_passing("train")[("user", "interacted", "product")].edge_index[1]
+    counts = torch.bincount(visible, minlength=tiny_snapshot.num_products)
+    with torch.no_grad():
+        base = model.score_all(batch)
+        model.config = FusedConfig(**{**model.config.__dict__, "cold_text_prior": 0.5, "cold_below": 2})
+        cold = (counts < 2).float()
+        assert torch.equal(model.cold_products(), cold) and 0 < cold.sum() < len(cold)
+        history = batch.history
+        weights = torch.softmax(model.recency[-5:].unsqueeze(0).masked_fill(history < 0, float("-inf")), dim=1)
+        raw = F.normalize(text_features, dim=-1)
+        text_user = F.normalize((weights.unsqueeze(-1) * raw[history.clamp(min=0)]).sum(1), dim=-1)
+        want = base + 0.5 * cold * (text_user @ raw.T) / 0.05
+        assert torch.allclose(model.score_all(batch), want, atol=1e-4)
+        state = model.serving_state()
+        users = model.serving_users(state, batch)
+        assert torch.allclose(users @ state["products"].T, want, atol=1e-4)
+        # a product added at serving time has no graph evidence: it gets the boost
+        new_text = torch.randn(1, 16)
+        grown = model.serving_add_products(state, new_text, torch.zeros(1, tiny_snapshot.num_products))
+        unit = F.normalize(new_text, dim=-1)
+        fused_part = users[:, : model.dim] @ grown["products"][-1, : model.dim]
+        want_new = fused_part + (text_prior + 0.5) * (text_user @ unit.T).squeeze(1) / 0.05
+        assert torch.allclose(users @ grown["products"][-1], want_new, atol=1e-4)

@@ -97,6 +97,8 @@ def test_bad_stores_artifacts_and_ingest_options(shop, tmp_path):
                                                   code=2).output
     bad_prior = kgrec("train", "--store", shop / "store", "--out", tmp_path / "p", "--text-prior", "nan", code=2).output
     assert "--text-prior" in bad_prior and "finite number" in bad_prior
+    for bad, says in (("-1", "--cold-boost"), ("inf", "the cold boost must be a finite number")):
+        assert says in kgrec("train", "--store", shop / "store", "--out", tmp_path / "c", "--cold-boost", bad, code=2).output
     assert "the graph encoder must be auto, sage or rgcn, got 'gat'" in kgrec(
         "train", "--store", shop / "store", "--out", tmp_path / "g", "--graph-encoder", "gat", code=2).output
     (tmp_path / "bad.yaml").write_text("ingest:\n  dangling: [1,\n")

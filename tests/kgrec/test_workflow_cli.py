@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kgrec.cli import app
@@ -161,3 +162,22 @@ def test_a_store_smaller_than_the_cutoffs(tiny_bert_dir, tmp_path):
     for row in rows:
         assert row["test"]["recall@20"] == 1.0 or row["test"]["recall@20"] == row["test"]["recall@10"]
         assert row["test"]["precision@20"] == pytest.approx(row["test"]["recall@20"] / 20)
+
+
+def test_cold_boost_is_saved_and_served(run, tiny_bert_dir, tmp_path):
+    if run["kind"] != "interactions":
+        pytest.skip("one data kind is enough")
+    out = tmp_path / "boosted"
+    payload = json.loads(kgrec("train", "--store", run["root"] / "store", "--out", out, "--epochs", 1, "--cold-boost", 0.4,
+                               "--text-model", tiny_bert_dir, "--device", "cpu", "--json", "--no-progress").stdout)
+    assert payload["serving"]["cold_boost"] == 0.4 and payload["serving"]["text_prior_source"] == "validation"
+    scorer = Scorer.load(out)
+    config = scorer.model.config
+    assert config.cold_text_prior == 0.4 and config.text_prior == payload["serving"]["text_prior"]
+    # the served products carry the cold products' text part: fused d, raw text, cold text
+    text_dim = scorer.model.text.shape[1]
+    assert scorer.state["products"].shape[1] == scorer.model.dim + 2 * text_dim
+    cold = scorer.model.cold_products().bool()
+    cold_part = scorer.state["products"][:, scorer.model.dim + text_dim :]
+    assert cold.any() and torch.equal(cold_part[~cold], torch.zeros_like(cold_part[~cold]))
+    assert torch.allclose(cold_part[cold], scorer.model.text[cold])
