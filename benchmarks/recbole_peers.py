@@ -167,6 +167,34 @@ def kgrec_split(data: Path):
     return inter
 
 
+def store_split(store: str):
+    """The interactions of an ingested store (``kgrec ingest``, any input layout) with the split kgrec's
+    workflow gives them (``user_id, product_id, order, split``; ``order`` = position in the user's
+    sequence as kgrec orders it, so timestamp ties cannot reorder RecBole's sequences)."""
+    from kgrec.kg.export import leave_one_out
+    from kgrec.workflow.data import load_dataset
+    from kgrec.workflow.store import open_store
+
+    with open_store(store) as graph:
+        snapshot = load_dataset(graph).snapshot
+    inter = snapshot.interactions
+    users, products = snapshot.id_maps["user"], snapshot.id_maps["product"]
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"user_id": [str(users[u]) for u in inter["user"]],
+                          "product_id": [str(products[i]) for i in inter["product"]],
+                          "split": inter["split"].to_numpy(), "stamp": inter["order"].to_numpy(),
+                          "row": -np.arange(len(inter))})
+    # leave_one_out breaks a tie of stamps towards the earlier row as the more recent: the same order here
+    frame = frame.sort_values(["user_id", "stamp", "row"], kind="stable")
+    frame["order"] = frame.groupby("user_id", sort=False).cumcount()
+    frame = frame.drop(columns=["stamp", "row"])
+    if (leave_one_out(frame.rename(columns={"user_id": "user"})).to_numpy() != frame["split"].to_numpy()).any():
+        raise SystemExit(f"{store}: the store's split is not leave-one-out by sequence position")
+    return frame.sort_values(["user_id", "order"], kind="stable").reset_index(drop=True)
+
+
 def write_atomic_files(inter, work: Path) -> dict[str, Path]:
     """RecBole atomic files: benchmark files for general models, one .inter for sequential ones."""
     header = "user_id:token\titem_id:token\ttimestamp:float\n"
@@ -430,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="peers trained at once")
     ap.add_argument("--seed", type=int, default=2020)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--store", default=None, help="an ingested store (e.g. RecBole atomic files with a KG): its "
+                    "interactions and kgrec's split instead of --data's catalogue tables")
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -444,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                          "from the run's per_user.parquet; writes --out (default benchmarks/results/peers_vs_run.json)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.work = args.work.resolve()  # the peer workers chdir into it
 
     if args.worker:
         epochs = parse_epochs(args.epochs)[args.worker]
@@ -463,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup_only:
         return 0
 
-    inter = kgrec_split(args.data)
+    inter = store_split(args.store) if args.store else kgrec_split(args.data)
     args.work.mkdir(parents=True, exist_ok=True)
     write_atomic_files(inter, args.work)
     split = json.loads((args.work / "split.json").read_text())
@@ -538,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]),
         "protocol": "leave-one-out by order (kgrec.kg.export.leave_one_out); full ranking over all products; "
                     "the user's train+valid products excluded; metrics of kgrec.evaluation.metrics",
-        "data": str(args.data),
+        "data": str(args.store or args.data),
         "split": {"interactions": {k: int(v) for k, v in counts.items()}, "repeat_test_targets": repeats},
         "fixes": fixes,
         "wall_seconds": round(wall, 1),
@@ -560,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             per_user_rows.append(f"{m},{u},{t},{p},{k},{n}")
     import gzip
 
-    per_user_path = args.out.parent / "peers_per_user.csv.gz"
+    per_user_path = args.out.parent / ("peers_per_user.csv.gz" if args.out == DEFAULT_OUT else f"{args.out.stem}_per_user.csv.gz")
     with open(per_user_path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:  # reproducible bytes
         gz.write(("\n".join(per_user_rows) + "\n").encode())
     print(f"\nwrote {args.out} and {per_user_path}")
