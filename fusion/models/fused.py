@@ -370,6 +370,13 @@ class FusedRecommender(Recommender):
             return torch.cat([text, cold.to(text).unsqueeze(1) * text], dim=1)
         return text
 
+    def _with_prior(self, products: torch.Tensor) -> torch.Tensor:
+        """``[P, d]`` unit product vectors with the text prior's product side appended
+        (:meth:`_prior_columns` of the catalogue) when :attr:`uses_text_prior`."""
+        if not self.uses_text_prior:
+            return products
+        return torch.cat([products, self._prior_columns(self.text, self.cold_products())], dim=1)
+
     def _encode(self, edges: dict, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(products ``[P, d]``, user graph vectors ``[U, d]`` or None); ``text`` overrides the
         ``[P, d_text]`` unit text matrix (fresh tower vectors during fine-tuning)."""
@@ -610,10 +617,7 @@ class FusedRecommender(Recommender):
         (``[P, d + d_text]``, what ``score_all`` multiplies users ``[û / T, w û_text / T]`` with), and
         with ``cold_text_prior`` also the cold products' text (``[P, d + 2 d_text]``, users
         ``[..., w_cold û_text / T]``)."""
-        products = F.normalize(self._towers(None)[0], dim=-1)
-        if not self.uses_text_prior:
-            return products
-        return torch.cat([products, self._prior_columns(self.text, self.cold_products())], dim=1)
+        return self._with_prior(F.normalize(self._towers(None)[0], dim=-1))
 
     # -- search: the same product tower, a query tower over the same text encoder ----------
 
@@ -729,9 +733,7 @@ class FusedRecommender(Recommender):
         ``product_text`` (``T``), ``product_graph`` (``G``) and, with ``user_graph``, the users'
         projected GNN vectors, under the current graph."""
         products, user_nodes = self._encode(self.edge_index_dict)
-        state = {"products": F.normalize(products, dim=-1)}
-        if self.uses_text_prior:  # the text prior's product side rides along
-            state["products"] = torch.cat([state["products"], self._prior_columns(self.text, self.cold_products())], dim=1)
+        state = {"products": self._with_prior(F.normalize(products, dim=-1))}
         if self.config.use_text:
             state["product_text"] = self.text + self.text_adapter(self.text)
         if self.config.use_graph:

@@ -164,9 +164,8 @@ def test_a_store_smaller_than_the_cutoffs(tiny_bert_dir, tmp_path):
         assert row["test"]["precision@20"] == pytest.approx(row["test"]["recall@20"] / 20)
 
 
+@pytest.mark.parametrize("run", ["interactions"], indirect=True)
 def test_cold_boost_is_saved_and_served(run, tiny_bert_dir, tmp_path):
-    if run["kind"] != "interactions":
-        pytest.skip("one data kind is enough")
     out = tmp_path / "boosted"
     payload = json.loads(kgrec("train", "--store", run["root"] / "store", "--out", out, "--epochs", 1, "--cold-boost", 0.4,
                                "--text-model", tiny_bert_dir, "--device", "cpu", "--json", "--no-progress").stdout)
